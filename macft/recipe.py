@@ -1,0 +1,307 @@
+"""Typed recipe dataclasses: the only home of every option's type, default and help text.
+
+A recipe is YAML. Each section maps onto one frozen dataclass below; unknown keys are rejected
+with a "did you mean" hint, values are type-checked, and ``dotted.key=value`` overrides from
+the command line go through the same validation. The CLI, the docs and the TUI form derive from
+these fields (``fields_of``), never from a second copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from macft.errors import MacftError
+
+
+def opt(default, help: str, choices: tuple | None = None, **kw):
+    """A recipe field: default, help text and (optionally) the allowed values."""
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+METHODS = ("lora", "dora", "qlora", "full")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    path: str = opt("smollm2-135m-instruct",
+                    "A local Hugging Face folder, a hub id, a .gguf file, or an alias "
+                    "(smollm2-135m-instruct).")
+    revision: str | None = opt(None, "Hub revision (branch, tag or commit) for a hub id.")
+    dtype: str = opt("auto", "Compute dtype: auto = float32 on CPU, bfloat16 on a GPU.",
+                     choices=("auto", "float32", "bfloat16", "float16"))
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    rank: int = opt(16, "Rank of the low-rank update.")
+    alpha: float = opt(32.0, "Scaling numerator: the update is multiplied by alpha / rank.")
+    dropout: float = opt(0.0, "Dropout on the adapter's input.")
+    targets: list = opt(["all"],
+                        "Linear layers to adapt, by name (q_proj, v_proj, ...) or 'all' for every "
+                        "linear layer of attention and MLP.")
+    layers: int = opt(-1, "Adapt only the last N transformer blocks; -1 for all of them.")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    bits: int = opt(4, "Bits of the frozen base for qlora (ignored when the base is already "
+                       "quantized, e.g. a Q4_1 GGUF).", choices=(4, 8))
+    group_size: int = opt(64, "Quantization group size for qlora.", choices=(32, 64, 128))
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    train: str = opt("", "Training data: a JSONL file, a folder saved with datasets' "
+                         "save_to_disk, or a parquet/arrow file.")
+    valid: str | None = opt(None, "Validation data (same forms as train).")
+    test: str | None = opt(None, "Test data for `macft eval` (same forms as train).")
+    format: str = opt("auto", "Row format; auto detects it from the first row's keys.",
+                      choices=("auto", "chat", "completions", "text"))
+    max_length: int = opt(512, "Longest sequence in tokens.")
+    overlong: str = opt("truncate", "What to do with examples longer than max_length.",
+                        choices=("truncate", "drop"))
+    packing: bool = opt(False, "Pack short examples into full sequences (no attention or "
+                               "position leaks between them).")
+    train_on_prompt: bool = opt(False, "Also put the loss on prompt/user/system tokens.")
+    system_prompt: str | None = opt(None, "System message added to rows that have none.")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    steps: int = opt(0, "Optimizer steps; 0 means derive them from epochs.")
+    epochs: float = opt(1.0, "Passes over the training data (used when steps is 0).")
+    batch_size: int = opt(4, "Sequences per micro-batch.")
+    grad_accum: int = opt(1, "Micro-batches per optimizer step.")
+    learning_rate: float = opt(1e-4, "Peak learning rate.")
+    schedule: str = opt("cosine", "Learning-rate schedule after warmup.",
+                        choices=("cosine", "linear", "constant"))
+    warmup_steps: int = opt(0, "Linear warmup steps from 0 to learning_rate.")
+    min_lr_ratio: float = opt(0.0, "Final learning rate as a fraction of the peak.")
+    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    max_grad_norm: float = opt(1.0, "Clip the global gradient norm to this; 0 turns it off.")
+    grad_checkpoint: bool = opt(False, "Recompute each block's activations in the backward "
+                                       "pass (less memory, ~30% more time).")
+    seed: int = opt(0, "Seed for initialisation, dropout and data order.")
+    eval_every: int = opt(50, "Validation loss every N steps (0: only at the end).")
+    eval_batches: int = opt(0, "Validation batches per evaluation; 0 for all.")
+    save_every: int = opt(100, "Checkpoint every N steps (0: only at the end).")
+    patience: int = opt(0, "Early stopping: stop after N evaluations without a better "
+                           "validation loss; 0 turns it off.")
+    sample_every: int = opt(0, "Generate from sample_prompts every N steps (0: never).")
+    sample_prompts: list = opt([], "Fixed prompts for sample generations.")
+    sample_max_tokens: int = opt(64, "Longest sample generation in tokens.")
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    max_tokens: int = opt(128, "Longest generated answer in `macft eval`.")
+    batch_size: int = opt(32, "Prompts generated together in `macft eval`.")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = opt("run", "Name of the run (the default output folder is runs/<name>).")
+    model: ModelSpec = field(default_factory=ModelSpec, metadata={"help": "The base model."})
+    method: str = opt("lora", "Fine-tuning method.", choices=METHODS)
+    lora: LoraSpec = field(default_factory=LoraSpec,
+                           metadata={"help": "Adapter settings (lora, dora, qlora)."})
+    quantize: QuantSpec = field(default_factory=QuantSpec,
+                                metadata={"help": "Base quantization for qlora."})
+    data: DataSpec = field(default_factory=DataSpec, metadata={"help": "Data sets and format."})
+    train: TrainSpec = field(default_factory=TrainSpec, metadata={"help": "Optimisation."})
+    eval: EvalSpec = field(default_factory=EvalSpec, metadata={"help": "`macft eval` settings."})
+    output: str | None = opt(None, "Run folder; default runs/<name>.")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output or f"runs/{self.name}")
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Recipe)}
+
+
+def fields_of(cls) -> list[dataclasses.Field]:
+    return list(dataclasses.fields(cls))
+
+
+def _resolved_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_section(tp) -> bool:
+    return dataclasses.is_dataclass(tp)
+
+
+def _check_value(value, tp, name: str, src: str, choices):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        tp = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(tp)
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif tp is str:
+        ok = isinstance(value, str)
+    elif tp is list or origin is list:
+        if isinstance(value, (str, int, float)):
+            value = [value]
+        ok = isinstance(value, list)
+    else:
+        ok = True
+    if not ok:
+        tname = getattr(tp, "__name__", str(tp))
+        raise MacftError(f"{src}: key '{name}' must be {tname}, got {value!r}")
+    if choices and value not in choices:
+        raise MacftError(f"{src}: key '{name}' must be one of {', '.join(map(str, choices))}; "
+                         f"got {value!r}")
+    return value
+
+
+def _unknown(key: str, prefix: str, known: list[str], src: str) -> MacftError:
+    full = f"{prefix}{key}"
+    hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if not hint:
+        # "lerning_rate" at the top level probably meant a nested key.
+        nested = [f"{s}.{f.name}" for s, t in _resolved_types(Recipe).items() if _is_section(t)
+                  for f in dataclasses.fields(t)]
+        hint = difflib.get_close_matches(full, nested, n=1, cutoff=0.6)
+        hint = [h for h in hint]
+        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+    else:
+        suggestion = f" (did you mean '{prefix}{hint[0]}'?)"
+    return MacftError(f"{src}: unknown key '{full}'{suggestion}")
+
+
+def _build(cls, raw: dict, src: str, prefix: str = ""):
+    if not isinstance(raw, dict):
+        raise MacftError(f"{src}: key '{prefix.rstrip('.') or '<top>'}' must be a mapping, "
+                         f"got {raw!r}")
+    hints = _resolved_types(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise _unknown(str(key), prefix, known, src)
+        tp = hints[key]
+        if _is_section(tp):
+            if cls is Recipe and key == "model" and isinstance(value, str):
+                value = {"path": value}  # `model: <path>` shorthand
+            kwargs[key] = _build(tp, value or {}, src, f"{prefix}{key}.")
+        else:
+            f = next(f for f in dataclasses.fields(cls) if f.name == key)
+            kwargs[key] = _check_value(value, tp, prefix + key, src, f.metadata.get("choices"))
+    return cls(**kwargs)
+
+
+def _validate(recipe: Recipe, src: str) -> Recipe:
+    t = recipe.train
+    positive = {"train.batch_size": t.batch_size, "train.grad_accum": t.grad_accum,
+                "data.max_length": recipe.data.max_length, "lora.rank": recipe.lora.rank}
+    for key, value in positive.items():
+        if value <= 0:
+            raise MacftError(f"{src}: key '{key}' must be positive, got {value}")
+    if t.learning_rate <= 0:
+        raise MacftError(f"{src}: key 'train.learning_rate' must be positive")
+    if not 0 <= recipe.lora.dropout < 1:
+        raise MacftError(f"{src}: key 'lora.dropout' must be in [0, 1)")
+    return recipe
+
+
+def from_dict(raw: dict, src: str = "<recipe>") -> Recipe:
+    return _validate(_build(Recipe, raw or {}, src), src)
+
+
+def to_dict(recipe: Recipe) -> dict:
+    return dataclasses.asdict(recipe)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise MacftError(f"override '{text}' must look like section.key=value")
+    key, _, value = text.partition("=")
+    try:
+        parsed = yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = dict(raw or {})
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if isinstance(child, str) and part == "model":
+                child = {"path": child}
+            child = dict(child) if isinstance(child, dict) else {}
+            node[part] = child
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise MacftError(f"{p}: recipe file not found")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise MacftError(f"{p}{line}: {problem}") from None
+    if raw is None:
+        raise MacftError(f"{p}: recipe file is empty")
+    if not isinstance(raw, dict):
+        raise MacftError(f"{p}: a recipe must be a mapping of keys to values")
+    return raw
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe. Relative data paths stay relative to the cwd."""
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return from_dict(raw, str(path))
+
+
+def dump(recipe: Recipe, path: str | Path) -> None:
+    text = yaml.safe_dump(to_dict(recipe), sort_keys=False)
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(p)
+
+
+def describe(cls=Recipe, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """(key, type, default, help) for every option, for docs and the TUI form."""
+    rows = []
+    hints = _resolved_types(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if _is_section(tp):
+            rows += describe(tp, f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        tname = getattr(tp, "__name__", str(tp).replace("typing.", ""))
+        rows.append((prefix + f.name, tname, default, f.metadata.get("help", "")))
+    return rows
