@@ -305,3 +305,16 @@ def describe(cls=Recipe, prefix: str = "") -> list[tuple[str, str, Any, str]]:
         tname = getattr(tp, "__name__", str(tp).replace("typing.", ""))
         rows.append((prefix + f.name, tname, default, f.metadata.get("help", "")))
     return rows
+
+
+def describe_values(recipe: Recipe, obj=None, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) for every leaf option of a recipe."""
+    obj = recipe if obj is None else obj
+    rows = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += describe_values(recipe, value, f"{prefix}{f.name}.")
+        else:
+            rows.append((prefix + f.name, value))
+    return rows

@@ -1,0 +1,3 @@
+from macft.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,177 @@
+"""The `macft` command: run | eval | generate | fuse (the TUI is imported lazily)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from macft.errors import MacftError
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--offline", action="store_true",
+                        help="never touch the network (same as HF_HUB_OFFLINE=1)")
+    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+    p = argparse.ArgumentParser(prog="macft", description="Fine-tune small language models "
+                                "locally with MLX.", parents=[common])
+    sub = p.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", parents=[common], help="train from a recipe (or resume a run)")
+    run.add_argument("recipe", help="recipe YAML file, or a run folder to resume")
+    run.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+
+    ev = sub.add_parser("eval", parents=[common], help="greedy answers + exact match on a data set")
+    ev.add_argument("target", help="run folder or model")
+    ev.add_argument("--data", required=True, help="JSONL (chat or completions) to evaluate on")
+    ev.add_argument("--out", help="write one JSON line per example here")
+    ev.add_argument("--max-tokens", type=int, help="longest answer (default: recipe eval.max_tokens)")
+    ev.add_argument("--batch-size", type=int, help="prompts generated together")
+    ev.add_argument("--limit", type=int, default=0, help="only the first N examples")
+    ev.add_argument("--no-loss", action="store_true", help="skip the loss computation")
+    ev.add_argument("--adapter", help="adapter folder to use instead of the run's best/final")
+
+    gen = sub.add_parser("generate", parents=[common], help="answer one prompt")
+    gen.add_argument("target", help="run folder or model")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--system", help="system message")
+    gen.add_argument("--max-tokens", type=int, default=256)
+
+    fuse = sub.add_parser("fuse", parents=[common], help="merge a run's adapters into the base")
+    fuse.add_argument("run", help="run folder")
+    fuse.add_argument("--out", required=True, help="output folder (Hugging Face layout)")
+    return p
+
+
+def _console(text: str) -> None:
+    print(text, flush=True)
+
+
+def cmd_run(args) -> int:
+    from macft import recipe as recipe_mod
+    from macft.events import ConsoleProgress, StopSignal
+    from macft.train.loop import train
+
+    target = Path(args.recipe)
+    if target.is_dir():
+        if not (target / "recipe.yaml").exists():
+            raise MacftError(f"{target}: not a run folder (no recipe.yaml)")
+        recipe = recipe_mod.load(target / "recipe.yaml", args.overrides + [f"output={target}"])
+    else:
+        recipe = recipe_mod.load(target, args.overrides)
+    stop = StopSignal()
+
+    def on_signal(signum, frame):
+        if stop.stopped:
+            raise KeyboardInterrupt
+        print("\nstopping after this step (a checkpoint will be written); "
+              "press Ctrl-C again to abort", file=sys.stderr)
+        stop.stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    done = train(recipe, [ConsoleProgress()], stop)
+    return 0 if done.reason in ("completed", "early_stopping", "stopped") else 1
+
+
+def cmd_eval(args) -> int:
+    from macft.evaluation import evaluate
+    from macft.models.load import load_for_inference
+    from macft.recipe import DataSpec, EvalSpec
+
+    if not Path(args.data).exists():
+        raise MacftError(f"{args.data}: file not found")
+    loaded, recipe = load_for_inference(args.target, args.adapter)
+    spec = recipe.data if recipe else DataSpec()
+    ev = recipe.eval if recipe else EvalSpec()
+    max_tokens = args.max_tokens or ev.max_tokens
+    batch = args.batch_size or ev.batch_size
+
+    def progress(done, total):
+        print(f"\rgenerating {done}/{total}", end="", file=sys.stderr, flush=True)
+
+    report = evaluate(loaded.model, loaded.tokenizer, args.data, spec, max_tokens, batch,
+                      args.limit, not args.no_loss, progress)
+    print(file=sys.stderr)
+    _console(f"model: {args.target}  data: {args.data}")
+    for line in report.lines():
+        _console(line)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w") as fh:
+            for rec in report.records:
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        _console(f"predictions: {out}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from mlx_lm.generate import stream_generate
+
+    from macft.generation import chat_prompt
+    from macft.models.load import load_for_inference
+
+    loaded, recipe = load_for_inference(args.target)
+    system = args.system or (recipe.data.system_prompt if recipe else None)
+    prompt = chat_prompt(loaded.tokenizer, args.prompt, system)
+    for response in stream_generate(loaded.model, loaded.tokenizer, prompt,
+                                     max_tokens=args.max_tokens):
+        print(response.text, end="", flush=True)
+    print()
+    return 0
+
+
+def cmd_fuse(args) -> int:
+    from macft.models.fuse import fuse_in_place, save_folder
+    from macft.models.load import is_run_dir, load_for_inference
+
+    if not is_run_dir(args.run):
+        raise MacftError(f"{args.run}: not a run folder (no recipe.yaml)")
+    loaded, _ = load_for_inference(args.run)
+    n = fuse_in_place(loaded.model)
+    out = save_folder(loaded.model, loaded.tokenizer, loaded.config, Path(args.out))
+    _console(f"fused {n} adapter layers into {out}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "eval": cmd_eval, "generate": cmd_generate, "fuse": cmd_fuse}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False) or os.environ.get("MACFT_DEBUG") == "1"
+    if getattr(args, "offline", False):
+        from macft import runtime
+
+        runtime.set_offline(True)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[args.command](args)
+    except MacftError as exc:
+        if debug:
+            raise
+        print(f"macft: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("macft: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line unless --debug
+        if debug:
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"macft: error: {type(exc).__name__}: {first} (run with --debug for the "
+              f"traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""`macft eval`: greedy answers on a data set's prompts, exact match, JSON validity, loss."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable
+
+import mlx.core as mx
+
+from macft.models import patch
+from macft.recipe import DataSpec
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return False
+    return True
+
+
+@dataclass
+class Report:
+    examples: int
+    exact_match: float
+    json_references: int = 0
+    valid_json: float | None = None
+    json_equal: float | None = None
+    loss: float | None = None
+    records: list[dict] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"examples      {self.examples}",
+               f"exact match   {self.exact_match:.1%}"]
+        if self.valid_json is not None:
+            out.append(f"valid JSON    {self.valid_json:.1%}  (references that are JSON: "
+                       f"{self.json_references})")
+            out.append(f"JSON equal    {self.json_equal:.1%}  (parsed values equal)")
+        if self.loss is not None:
+            out.append(f"loss          {self.loss:.4f}")
+        return out
+
+
+def score(predictions: list[str], references: list[str]) -> tuple[float, int, float | None,
+                                                                 float | None]:
+    """Exact match (after trimming whitespace), and JSON validity/equality where refs are JSON."""
+    n = len(references)
+    exact = sum(p.strip() == r.strip() for p, r in zip(predictions, references))
+    json_refs = [(p, r) for p, r in zip(predictions, references) if _is_json(r.strip())]
+    valid = equal = None
+    if json_refs:
+        valid = sum(_is_json(p.strip()) for p, _ in json_refs) / len(json_refs)
+        equal = sum(_is_json(p.strip()) and json.loads(p.strip()) == json.loads(r.strip())
+                    for p, r in json_refs) / len(json_refs)
+    return (exact / n if n else 0.0), len(json_refs), valid, equal
+
+
+def mean_loss(model, tokenizer, rows, spec: DataSpec, path: str, batch_size: int) -> float | None:
+    """Mean cross-entropy over the trained tokens of the data set (as in validation)."""
+    from macft.data import Batcher, encode_rows, make_sequences
+    from macft.train.loss import token_losses, trained_positions
+
+    encoded = encode_rows(rows, tokenizer, spec, path)
+    if not encoded.examples:
+        return None
+    tok = getattr(tokenizer, "_tokenizer", tokenizer)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    batcher = Batcher(make_sequences(encoded.examples, spec.max_length, False), batch_size, 0,
+                      shuffle=False, pad_id=pad)
+    total, count = 0.0, 0
+    for b in batcher.iter_eval():
+        positions = trained_positions(b.mask)
+        if positions.size == 0:
+            continue
+        with patch.segments(None):
+            losses = token_losses(model, mx.array(b.inputs), mx.array(b.targets), positions)
+        total += losses.sum().item()
+        count += positions.size
+    return total / count if count else None
+
+
+def evaluate(model, tokenizer, path: str, spec: DataSpec, max_tokens: int, batch_size: int,
+             limit: int = 0, with_loss: bool = True,
+             progress: Callable[[int, int], None] | None = None) -> Report:
+    from macft.data import detect_format, load_rows, prompt_and_reference
+    from macft.generation import greedy
+
+    rows = load_rows(path)
+    if limit:
+        rows = rows[:limit]
+    fmt = spec.format if spec.format != "auto" else detect_format(rows, path)
+    pairs = [prompt_and_reference(row, fmt, tokenizer, spec) for row in rows]
+    prompts = [p for p, _ in pairs]
+    references = [r for _, r in pairs]
+    model.eval()
+    predictions = greedy(model, tokenizer, prompts, max_tokens, batch_size, progress)
+    exact, n_json, valid, equal = score(predictions, references)
+    loss = mean_loss(model, tokenizer, rows, spec, path, 8) if with_loss else None
+    records = [{"prompt": tokenizer.decode(p), "reference": r, "prediction": pred,
+                "exact": pred.strip() == r.strip()}
+               for p, r, pred in zip(prompts, references, predictions)]
+    return Report(len(rows), exact, n_json, valid, equal, loss, records)

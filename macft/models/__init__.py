@@ -1,0 +1,1 @@
+"""Models: loading (HF folder, hub, GGUF), quantized layers, adapters, fusing."""

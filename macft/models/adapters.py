@@ -1,0 +1,128 @@
+"""Prepare a loaded model for a method (lora, dora, qlora, full) and save/load its adapters.
+
+Adapters use mlx-lm's own LoRA/DoRA layers and file format (``adapters.safetensors`` plus
+``adapter_config.json``), so ``mlx_lm.generate --adapter-path RUN`` loads them as well.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from macft.errors import MacftError
+from macft.models import quantized
+from macft.recipe import Recipe
+
+LINEAR_TYPES = (nn.Linear, nn.QuantizedLinear)
+
+
+def linear_keys(model: nn.Module) -> list[str]:
+    """Paths (relative to a transformer block) of every linear layer in attention and MLP."""
+    keys: set[str] = set()
+    for block in model.layers:
+        for path, module in block.named_modules():
+            if isinstance(module, LINEAR_TYPES) and path:
+                keys.add(path)
+    return sorted(keys)
+
+
+def target_keys(model: nn.Module, targets: list[str]) -> list[str]:
+    available = linear_keys(model)
+    if "all" in targets:
+        return available
+    chosen = []
+    for t in targets:
+        hits = [k for k in available if k == t or k.rsplit(".", 1)[-1] == t]
+        if not hits:
+            names = sorted({k.rsplit('.', 1)[-1] for k in available})
+            raise MacftError(f"recipe: key 'lora.targets': no linear layer named '{t}' "
+                             f"(available: {', '.join(names)})")
+        chosen += hits
+    return sorted(set(chosen))
+
+
+def lora_parameters(recipe: Recipe, model: nn.Module) -> dict:
+    spec = recipe.lora
+    return {"rank": spec.rank, "scale": spec.alpha / spec.rank, "dropout": spec.dropout,
+            "keys": target_keys(model, list(spec.targets))}
+
+
+def adapter_config(recipe: Recipe, model: nn.Module, base: str) -> dict:
+    method = recipe.method
+    return {
+        "fine_tune_type": {"qlora": "lora"}.get(method, method),
+        "num_layers": len(model.layers) if recipe.lora.layers < 0 else recipe.lora.layers,
+        "lora_parameters": lora_parameters(recipe, model),
+        "model": base,
+        "macft_method": method,
+    }
+
+
+def prepare(model: nn.Module, recipe: Recipe, seed: int) -> dict:
+    """Quantize (qlora), dequantize (full on a quantized base), attach adapters, set trainable.
+
+    Returns the adapter config that is saved beside the weights.
+    """
+    mx.random.seed(seed)  # LoRA A matrices are random: same seed, same start
+    method = recipe.method
+    if method == "qlora" and not quantized.is_quantized(model):
+        quantized.quantize(model, recipe.quantize.bits, recipe.quantize.group_size)
+        quantized.use_fast_quantized(model)
+    if method == "full":
+        if quantized.is_quantized(model):
+            from mlx_lm.utils import dequantize_model
+
+            dequantize_model(model)
+        model.unfreeze()
+        return adapter_config(recipe, model, "")
+    config = adapter_config(recipe, model, "")
+    apply_adapters(model, config)
+    return config
+
+
+def apply_adapters(model: nn.Module, config: dict) -> None:
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    model.freeze()
+    linear_to_lora_layers(model, config["num_layers"], config["lora_parameters"],
+                          use_dora=config["fine_tune_type"] == "dora")
+    mx.eval(model.parameters())
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    def size(tree):
+        total = 0
+        for _, v in tree_flatten(tree):
+            total += v.size
+        return total
+    return size(model.trainable_parameters()), size(model.parameters())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_adapters(model: nn.Module, folder: Path, config: dict) -> Path:
+    """Write ``adapters.safetensors`` and ``adapter_config.json`` into ``folder``, atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = dict(tree_flatten(model.trainable_parameters()))
+    tmp = folder / f".adapters.tmp{os.getpid()}.safetensors"
+    mx.save_safetensors(str(tmp), weights)
+    os.replace(tmp, folder / "adapters.safetensors")
+    _atomic_write(folder / "adapter_config.json", json.dumps(config, indent=2).encode())
+    return folder / "adapters.safetensors"
+
+
+def load_adapter_weights(model: nn.Module, folder: Path) -> None:
+    path = folder / "adapters.safetensors"
+    if not path.exists():
+        raise MacftError(f"{path}: adapter weights not found")
+    model.load_weights(str(path), strict=False)
+    mx.eval(model.parameters())

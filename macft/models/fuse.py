@@ -1,0 +1,59 @@
+"""Fuse a run's adapters into its base and save a Hugging Face folder that mlx_lm.load opens."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx.nn as nn
+from mlx.utils import tree_unflatten
+
+from macft.errors import MacftError
+
+
+def fuse_in_place(model: nn.Module) -> int:
+    """Replace every LoRA/DoRA layer by its fused linear; return how many were fused."""
+    fused = [(name, module.fuse(dequantize=False)) for name, module in model.named_modules()
+             if hasattr(module, "fuse") and hasattr(module, "lora_a")]
+    if fused:
+        model.update_modules(tree_unflatten(fused))
+    return len(fused)
+
+
+def _quantization_config(model: nn.Module) -> dict | None:
+    """mlx-lm's per-model quantization block, with per-layer entries where they differ."""
+    layers = [(name, m) for name, m in model.named_modules()
+              if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))]
+    if not layers:
+        return None
+    counts: dict[tuple[int, int], int] = {}
+    for _, m in layers:
+        counts[(m.group_size, m.bits)] = counts.get((m.group_size, m.bits), 0) + 1
+    group, bits = max(counts, key=counts.get)
+    config: dict = {"group_size": group, "bits": bits}
+    for name, m in layers:
+        if (m.group_size, m.bits) != (group, bits):
+            config[name] = {"group_size": m.group_size, "bits": m.bits}
+    return config
+
+
+def save_folder(model: nn.Module, tokenizer, config: dict, out: Path) -> Path:
+    from mlx_lm.utils import save_config, save_model
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise MacftError(f"{out}: output folder exists and is not empty")
+    out.mkdir(parents=True, exist_ok=True)
+    config = dict(config)
+    config.pop("quantization_config", None)
+    quant = _quantization_config(model)
+    if quant:
+        config["quantization"] = quant
+    else:
+        config.pop("quantization", None)
+    save_model(out, model, donate_model=False)
+    save_config(config, out / "config.json")
+    tok = getattr(tokenizer, "_tokenizer", tokenizer)
+    tok.save_pretrained(str(out))
+    (out / "macft.json").write_text(json.dumps({"fused_from": "macft"}, indent=2))
+    return out

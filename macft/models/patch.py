@@ -1,0 +1,56 @@
+"""Patches applied to mlx-lm models at load time (the zoo's model files are not forked).
+
+Each mlx-lm model module calls ``scaled_dot_product_attention`` from ``mlx_lm.models.base``.
+``install`` replaces that name in the model's own module with ``_attention``, which
+- applies the packed-sequence segment mask set by ``segments(...)`` during training.
+Generation with a KV cache keeps mlx-lm's original function. (MLX's own attention measured as
+fast as ``kernels.attention.reference`` here, forward and backward, so it stays the default.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import sys
+
+import mlx.nn as nn
+
+from macft.kernels import attention as attn
+
+_SEGMENTS: contextvars.ContextVar = contextvars.ContextVar("macft_segments", default=None)
+_ORIGINAL = "_macft_original_sdpa"
+
+
+@contextlib.contextmanager
+def segments(seg: mx.array | None):
+    """Within this block, training attention uses the block-diagonal mask of ``seg`` (B, T)."""
+    token = _SEGMENTS.set(seg)
+    try:
+        yield
+    finally:
+        _SEGMENTS.reset(token)
+
+
+def _make_attention(original):
+    def _attention(queries, keys, values, cache, scale, mask, sinks=None, **kw):
+        seg = _SEGMENTS.get()
+        if cache is not None or sinks is not None or kw:
+            return original(queries, keys, values, cache=cache, scale=scale, mask=mask,
+                            sinks=sinks, **kw)
+        if seg is not None and seg.shape[-1] == queries.shape[2]:
+            mask = attn.segment_mask(seg)
+        return original(queries, keys, values, cache=None, scale=scale, mask=mask)
+    return _attention
+
+
+def install(model: nn.Module) -> bool:
+    """Patch the attention of ``model``'s architecture module; idempotent. False if unknown."""
+    module = sys.modules.get(type(model).__module__)
+    if module is None or not hasattr(module, "scaled_dot_product_attention"):
+        return False
+    current = module.scaled_dot_product_attention
+    if getattr(current, _ORIGINAL, None) is None:
+        patched = _make_attention(current)
+        setattr(patched, _ORIGINAL, current)
+        module.scaled_dot_product_attention = patched
+    return True

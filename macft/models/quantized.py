@@ -1,0 +1,94 @@
+"""Quantized layers that route their matmul through ``kernels.qmatmul`` (fast on CPU too).
+
+They subclass MLX's quantized layers, so mlx-lm's LoRA/DoRA wrappers, fusing and saving treat
+them exactly like the originals; ``use_fast_quantized`` swaps the class of existing modules in
+place (no copy of the weights).
+"""
+
+from __future__ import annotations
+
+import os
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from macft.kernels.qmatmul import dequantized, quantized_matmul
+
+# On the CPU, dequantizing a frozen weight on every call costs more than the matmul itself for
+# small batches (generation ran at ~1 token/s that way). Frozen bases are therefore dequantized
+# once and kept in float32 while the cached total stays under this budget; larger models fall
+# back to dequantizing per call. Cached copies live under "_" keys, which MLX leaves out of
+# parameters(), so they are never trained or saved.
+CACHE_BUDGET_BYTES = int(os.environ.get("MACFT_DEQUANT_CACHE_MB", "4096")) << 20
+_cached_bytes = 0
+
+
+def _cached_float(module, dtype):
+    global _cached_bytes
+    w = module["weight"]
+    hit = module.get("_dq")
+    if hit is not None and module.get("_dq_src") is w and hit.dtype == dtype:
+        return hit
+    rows, cols = w.shape[0], w.shape[1] * 32 // module.bits
+    size = rows * cols * dtype.size
+    if hit is None and _cached_bytes + size > CACHE_BUDGET_BYTES:
+        return None
+    full = dequantized(w, module["scales"], module.get("biases"), module.group_size,
+                       module.bits, dtype, getattr(module, "mode", "affine"))
+    mx.eval(full)
+    if hit is None:
+        _cached_bytes += size
+    module["_dq"], module["_dq_src"] = full, w
+    return full
+
+
+def _matmul(module, x):
+    if mx.default_device() == mx.cpu:
+        full = _cached_float(module, x.dtype)
+        if full is not None:
+            return x @ full.T
+    return quantized_matmul(x, module["weight"], module["scales"], module.get("biases"),
+                            module.group_size, module.bits, getattr(module, "mode", "affine"))
+
+
+class FastQuantizedLinear(nn.QuantizedLinear):
+    def __call__(self, x):
+        y = _matmul(self, x)
+        if "bias" in self:
+            y = y + self["bias"]
+        return y
+
+
+class FastQuantizedEmbedding(nn.QuantizedEmbedding):
+    def as_linear(self, x):
+        return _matmul(self, x)
+
+
+def use_fast_quantized(model: nn.Module) -> int:
+    """Swap every plain quantized linear/embedding to the fast subclass; return how many."""
+    swapped = 0
+    for _, module in model.named_modules():
+        if type(module) is nn.QuantizedLinear:
+            module.__class__ = FastQuantizedLinear
+            swapped += 1
+        elif type(module) is nn.QuantizedEmbedding:
+            module.__class__ = FastQuantizedEmbedding
+            swapped += 1
+    return swapped
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))
+               for _, m in model.named_modules())
+
+
+def quantize(model: nn.Module, bits: int, group_size: int) -> None:
+    """QLoRA: quantize the linear layers (and embeddings) that are not quantized yet."""
+    def pick(path, module):
+        if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            return False
+        if not hasattr(module, "to_quantized"):
+            return False
+        return module.weight.shape[-1] % group_size == 0
+    nn.quantize(model, group_size=group_size, bits=bits, class_predicate=pick)
+    mx.eval(model.parameters())

@@ -1,0 +1,345 @@
+"""THE training loop. It never prints: progress goes out as events to sinks.
+
+``train`` is used by ``macft run`` (console sink) and by the TUI (a message-posting sink); both
+pass a ``StopSignal`` that the loop checks every step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_map
+
+from macft import recipe as recipe_mod
+from macft import runtime
+from macft.errors import MacftError
+from macft.events import (Checkpoint, Eval, Failed, Finished, MetricsFile, RunStarted, Sample,
+                          Step, StopSignal)
+from macft.models import adapters, patch
+from macft.models.load import Loaded, load_base
+from macft.recipe import Recipe
+from macft.train import checkpoint
+from macft.train.loss import sft_loss, token_losses, trained_positions
+
+# Recipe keys that may change when a run is resumed (e.g. to train longer).
+RESUMABLE_CHANGES = {"train.steps", "train.epochs", "train.patience", "train.eval_every",
+                     "train.save_every", "train.sample_every", "output"}
+
+
+@dataclass
+class DataBundle:
+    train: object                    # data.Batcher
+    valid: object | None
+    stats: dict
+    sample_prompts: list[list[int]]
+
+
+def build_schedule(t, total_steps: int):
+    peak = t.learning_rate
+    end = peak * t.min_lr_ratio
+    decay_steps = max(total_steps - t.warmup_steps, 1)
+    if t.schedule == "cosine":
+        main = optim.cosine_decay(peak, decay_steps, end)
+    elif t.schedule == "linear":
+        main = optim.linear_schedule(peak, end, decay_steps)
+    else:
+        main = lambda step: mx.array(peak, mx.float32)  # noqa: E731
+    if t.warmup_steps > 0:
+        warm = optim.linear_schedule(peak / max(t.warmup_steps, 1), peak, t.warmup_steps - 1) \
+            if t.warmup_steps > 1 else (lambda step: mx.array(peak, mx.float32))
+        return optim.join_schedules([warm, main], [t.warmup_steps])
+    return main
+
+
+def load_data(recipe: Recipe, tokenizer) -> DataBundle:
+    from macft.data import Batcher, encode_rows, load_rows, make_sequences
+
+    spec = recipe.data
+    if not spec.train:
+        raise MacftError("recipe: key 'data.train' is required")
+    train_set = encode_rows(load_rows(spec.train), tokenizer, spec, spec.train)
+    if not train_set.examples:
+        raise MacftError(f"{spec.train}: no usable examples after tokenization "
+                         f"({train_set.stats})")
+    pad = _pad_id(tokenizer)
+    train = Batcher(make_sequences(train_set.examples, spec.max_length, spec.packing),
+                    recipe.train.batch_size, recipe.train.seed, pad_id=pad)
+    valid = None
+    stats = {"train": _stats_text(train_set.stats)}
+    if spec.valid:
+        valid_set = encode_rows(load_rows(spec.valid), tokenizer, spec, spec.valid)
+        if valid_set.examples:
+            valid = Batcher(make_sequences(valid_set.examples, spec.max_length, False),
+                            recipe.train.batch_size, recipe.train.seed, shuffle=False,
+                            pad_id=pad)
+        stats["valid"] = _stats_text(valid_set.stats)
+    from macft.generation import chat_prompt
+
+    prompts = [chat_prompt(tokenizer, p, spec.system_prompt) for p in recipe.train.sample_prompts]
+    return DataBundle(train, valid, stats, prompts)
+
+
+def _stats_text(stats) -> str:
+    if hasattr(stats, "summary"):
+        return stats.summary()
+    if isinstance(stats, dict):
+        return ", ".join(f"{k} {v}" for k, v in stats.items() if not isinstance(v, dict))
+    return str(stats)
+
+
+def _pad_id(tokenizer) -> int:
+    tok = getattr(tokenizer, "_tokenizer", tokenizer)
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tok, attr, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def total_steps(recipe: Recipe, batches_per_epoch: int) -> int:
+    t = recipe.train
+    if t.steps > 0:
+        return t.steps
+    return max(1, math.ceil(t.epochs * batches_per_epoch / t.grad_accum))
+
+
+def _check_resume_recipe(run_dir: Path, recipe: Recipe) -> None:
+    saved_path = run_dir / "recipe.yaml"
+    if not saved_path.exists():
+        return
+    saved = recipe_mod.load(saved_path)
+    old = dict(recipe_mod.describe_values(saved))
+    new = dict(recipe_mod.describe_values(recipe))
+    for key in sorted(old):
+        if key not in RESUMABLE_CHANGES and old[key] != new.get(key):
+            raise MacftError(f"{run_dir} holds a run with a different recipe (key '{key}': "
+                             f"{old[key]!r} there, {new.get(key)!r} now); choose another "
+                             f"output folder or delete it")
+
+
+class Trainer:
+    """State of one run; ``run()`` is the loop."""
+
+    def __init__(self, recipe: Recipe, sinks: list, stop: StopSignal | None = None,
+                 loaded: Loaded | None = None):
+        self.recipe = recipe
+        self.run_dir = recipe.run_dir
+        self.sinks = list(sinks)
+        self.stop = stop or StopSignal()
+        self.loaded = loaded
+        self.step = 0
+        self.best_val: float | None = None
+        self.best_step = 0
+        self.bad_evals = 0
+        self.elapsed_before = 0.0
+
+    def emit(self, event) -> None:
+        for sink in self.sinks:
+            sink(event)
+
+    # ----- set-up -------------------------------------------------------------------------
+    def setup(self) -> None:
+        r = self.recipe
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = checkpoint.latest(self.run_dir)
+        if ckpt is not None:
+            _check_resume_recipe(self.run_dir, r)
+        recipe_mod.dump(r, self.run_dir / "recipe.yaml")
+        self.sinks.append(MetricsFile(self.run_dir / "metrics.jsonl"))
+        self.backend = runtime.backend(r.model.dtype)
+        if self.loaded is None:
+            self.loaded = load_base(r.model.path, r.model.revision, r.model.dtype)
+        self.model = self.loaded.model
+        self.tokenizer = self.loaded.tokenizer
+        self.data = load_data(r, self.tokenizer)
+        self.adapter_cfg = adapters.prepare(self.model, r, r.train.seed)
+        self.adapter_cfg["model"] = str(self.loaded.source)
+        if r.train.grad_checkpoint:
+            from mlx_lm.tuner.trainer import grad_checkpoint
+
+            grad_checkpoint(self.model.layers[0])
+        self.total = total_steps(r, self.data.train.batches_per_epoch)
+        self.schedule = build_schedule(r.train, self.total)
+        self.optimizer = optim.AdamW(learning_rate=self.schedule,
+                                     weight_decay=r.train.weight_decay)
+        self.optimizer.init(self.model.trainable_parameters())
+        self.loss_and_grad = nn.value_and_grad(self.model, sft_loss)
+        if ckpt is not None:
+            state = checkpoint.restore(ckpt, self.model, self.optimizer)
+            self.step = int(state["step"])
+            self.best_val = state.get("best_val")
+            self.best_step = state.get("best_step", 0)
+            self.bad_evals = state.get("bad_evals", 0)
+            self.elapsed_before = state.get("elapsed", 0.0)
+        self.model.train()
+
+    # ----- one optimizer step ---------------------------------------------------------------
+    def micro_batches(self, step: int) -> list:
+        ga = self.recipe.train.grad_accum
+        return [self.data.train.batch(step * ga + k) for k in range(ga)]
+
+    def train_step(self, step: int) -> tuple[float, int]:
+        mx.random.seed(self.recipe.train.seed * 1_000_003 + step)  # dropout: resumable
+        batches = self.micro_batches(step)
+        denom = float(sum(b.mask.sum() for b in batches)) or 1.0
+        total_loss = 0.0
+        grads = None
+        for b in batches:
+            positions = trained_positions(b.mask)
+            if positions.size == 0:
+                continue
+            seg = mx.array(b.segments) if b.segments is not None else None
+            with patch.segments(seg):
+                loss, g = self.loss_and_grad(self.model, mx.array(b.inputs),
+                                             mx.array(b.targets), positions, denom)
+            grads = g if grads is None else tree_map(mx.add, grads, g)
+            mx.eval(loss, grads)
+            total_loss += loss.item()
+        if grads is not None:
+            if self.recipe.train.max_grad_norm > 0:
+                grads, _ = optim.clip_grad_norm(grads, self.recipe.train.max_grad_norm)
+            self.optimizer.update(self.model, grads)
+            mx.eval(self.model.parameters(), self.optimizer.state)
+        return total_loss, sum(b.tokens for b in batches)
+
+    # ----- evaluation -------------------------------------------------------------------------
+    def validation_loss(self) -> float | None:
+        valid = self.data.valid
+        if valid is None:
+            return None
+        limit = self.recipe.train.eval_batches
+        total, count = 0.0, 0.0
+        self.model.eval()
+        try:
+            for i, b in enumerate(valid.iter_eval()):
+                if limit and i >= limit:
+                    break
+                positions = trained_positions(b.mask)
+                if positions.size == 0:
+                    continue
+                seg = mx.array(b.segments) if b.segments is not None else None
+                with patch.segments(seg):
+                    losses = token_losses(self.model, mx.array(b.inputs), mx.array(b.targets),
+                                          positions)
+                total += losses.sum().item()
+                count += positions.size
+        finally:
+            self.model.train()
+        return total / count if count else None
+
+    def evaluate(self) -> bool:
+        """Validation loss, best-adapter bookkeeping; True when early stopping triggers."""
+        val = self.validation_loss()
+        if val is None:
+            return False
+        improved = self.best_val is None or val < self.best_val
+        if improved:
+            self.best_val, self.best_step, self.bad_evals = val, self.step, 0
+            adapters.save_adapters(self.model, self.run_dir / "best", self.adapter_cfg)
+        else:
+            self.bad_evals += 1
+        self.emit(Eval(self.step, val, self.best_val, improved))
+        if improved:
+            self.emit(Checkpoint(self.step, str(self.run_dir / "best"), best=True))
+        patience = self.recipe.train.patience
+        return patience > 0 and self.bad_evals >= patience
+
+    def samples(self) -> None:
+        if not self.data.sample_prompts:
+            return
+        from macft.generation import greedy
+
+        texts = greedy(self.model, self.tokenizer, self.data.sample_prompts,
+                       self.recipe.train.sample_max_tokens)
+        for prompt, text in zip(self.recipe.train.sample_prompts, texts):
+            self.emit(Sample(self.step, prompt, text))
+
+    def save(self, elapsed: float) -> Path:
+        state = {"best_val": self.best_val, "best_step": self.best_step,
+                 "bad_evals": self.bad_evals, "elapsed": elapsed, "total_steps": self.total}
+        path = checkpoint.save(self.run_dir, self.step, self.model, self.optimizer, state,
+                               self.adapter_cfg)
+        self.emit(Checkpoint(self.step, str(path)))
+        return path
+
+    # ----- the loop ---------------------------------------------------------------------------
+    def run(self) -> Finished:
+        try:
+            self.setup()
+        except MacftError as exc:
+            self.emit(Failed(0, str(exc)))
+            raise
+        r = self.recipe.train
+        trainable, total_params = adapters.count_parameters(self.model)
+        self.emit(RunStarted(
+            run_dir=str(self.run_dir), model=self.recipe.model.path, method=self.recipe.method,
+            device=self.backend.device, dtype=self.backend.dtype, blas=self.backend.blas,
+            total_steps=self.total, start_step=self.step, trainable_params=trainable,
+            total_params=total_params, train_examples=len(self.data.train.sequences),
+            data_stats=self.data.stats))
+        kill_after = int(os.environ.get("MACFT_DEBUG_KILL_AFTER_STEP", "0") or 0)
+        start = time.monotonic()
+        reason = "completed"
+        tokens_window: list[tuple[float, int]] = []
+        try:
+            while self.step < self.total:
+                self.stop.wait_if_paused()
+                if self.stop.stopped:
+                    reason = "stopped"
+                    break
+                t0 = time.monotonic()
+                loss, tokens = self.train_step(self.step)
+                self.step += 1
+                dt = time.monotonic() - t0
+                tokens_window = (tokens_window + [(dt, tokens)])[-20:]
+                tps = sum(n for _, n in tokens_window) / max(sum(d for d, _ in tokens_window),
+                                                             1e-9)
+                elapsed = self.elapsed_before + time.monotonic() - start
+                per_step = sum(d for d, _ in tokens_window) / len(tokens_window)
+                self.emit(Step(
+                    step=self.step, total_steps=self.total, loss=loss,
+                    learning_rate=float(self.optimizer.learning_rate.item()), tokens=tokens,
+                    tokens_per_sec=tps, elapsed=elapsed, eta=per_step * (self.total - self.step),
+                    peak_memory_gb=mx.get_peak_memory() / 1e9,
+                    epoch=self.step * r.grad_accum / self.data.train.batches_per_epoch))
+                last = self.step == self.total
+                stop_early = False
+                if (r.eval_every and self.step % r.eval_every == 0) or last:
+                    stop_early = self.evaluate()
+                if r.sample_every and (self.step % r.sample_every == 0 or last):
+                    self.samples()
+                if (r.save_every and self.step % r.save_every == 0) or last or stop_early \
+                        or self.stop.take_checkpoint_request():
+                    self.save(self.elapsed_before + time.monotonic() - start)
+                if kill_after and self.step == kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)  # test hook: die like a power cut
+                if stop_early:
+                    reason = "early_stopping"
+                    break
+            elapsed = self.elapsed_before + time.monotonic() - start
+            if reason == "stopped":
+                self.save(elapsed)
+        except MacftError as exc:
+            self.emit(Failed(self.step, str(exc)))
+            raise
+        except Exception as exc:
+            self.emit(Failed(self.step, f"{type(exc).__name__}: {exc}"))
+            raise
+        final = adapters.save_adapters(self.model, self.run_dir, self.adapter_cfg)
+        done = Finished(self.step, reason, self.best_val, str(final), elapsed)
+        self.emit(done)
+        return done
+
+
+def train(recipe: Recipe, sinks: list, stop: StopSignal | None = None,
+          loaded: Loaded | None = None) -> Finished:
+    return Trainer(recipe, sinks, stop, loaded).run()

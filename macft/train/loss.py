@@ -1,0 +1,40 @@
+"""Supervised fine-tuning loss: cross-entropy on exactly the trained tokens."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from macft.models import heads
+
+
+def trained_positions(mask: np.ndarray) -> mx.array:
+    """Flat indices of the positions whose target is trained."""
+    return mx.array(np.flatnonzero(mask.reshape(-1) > 0).astype(np.int32))
+
+
+def token_losses(model: nn.Module, inputs: mx.array, targets: mx.array, positions: mx.array):
+    """Per-token cross-entropy at ``positions`` (flat indices into B*T)."""
+    parts = heads.split(model)
+    flat_targets = targets.reshape(-1)[positions]
+    if parts is None:
+        logits = model(inputs)
+        logits = logits.reshape(-1, logits.shape[-1])[positions]
+    else:
+        body, head = parts
+        h = body(inputs)
+        h = h.reshape(-1, h.shape[-1])[positions]
+        logits = head(h)
+    logits = logits.astype(mx.float32)
+    return mx.logsumexp(logits, axis=-1) - mx.take_along_axis(
+        logits, flat_targets[:, None], axis=-1).squeeze(-1)
+
+
+def sft_loss(model, inputs, targets, positions, denominator):
+    """Sum of trained-token losses divided by ``denominator`` (the step's trained tokens).
+
+    Dividing by the whole step's count makes gradient accumulation over micro-batches add up to
+    the gradient of the mean over the step, whatever each micro-batch holds.
+    """
+    return token_losses(model, inputs, targets, positions).sum() / denominator
