@@ -45,7 +45,30 @@ def _parser() -> argparse.ArgumentParser:
     fuse = sub.add_parser("fuse", parents=[common], help="merge a run's adapters into the base")
     fuse.add_argument("run", help="run folder")
     fuse.add_argument("--out", required=True, help="output folder (Hugging Face layout)")
+    opts = sub.add_parser("options", parents=[common], help="list every recipe option")
+    opts.add_argument("--markdown", action="store_true", help="as a Markdown table")
     return p
+
+
+def options_table(markdown: bool) -> list[str]:
+    """Every recipe option with its type, default and help, straight from the dataclasses."""
+    from macft.recipe import describe
+
+    rows = describe()
+    if markdown:
+        out = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+        for key, tname, default, text in rows:
+            tname = tname.replace(" | ", " or ")
+            out.append(f"| `{key}` | {tname} | `{default!r}` | {text} |")
+        return out
+    width = max(len(k) for k, *_ in rows)
+    return [f"{k.ljust(width)}  {d!r:>24}  {h}" for k, t, d, h in rows]
+
+
+def cmd_options(args) -> int:
+    for line in options_table(args.markdown):
+        _console(line)
+    return 0
 
 
 def _console(text: str) -> None:
@@ -140,7 +163,8 @@ def cmd_fuse(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "eval": cmd_eval, "generate": cmd_generate, "fuse": cmd_fuse}
+COMMANDS = {"run": cmd_run, "eval": cmd_eval, "generate": cmd_generate, "fuse": cmd_fuse,
+            "options": cmd_options}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -232,8 +232,7 @@ class ConsoleProgress:
             best = f", best val loss {event.best_val_loss:.4f}" if event.best_val_loss else ""
             self._newline(f"finished ({event.reason}) at step {event.step} in "
                           f"{_fmt_time(event.elapsed)}{best}; adapter: {event.adapter_path}")
-        elif isinstance(event, Failed):
-            self._newline(f"failed at step {event.step}: {event.error}")
+        # Failed is not printed here: the CLI reports the error itself, as one line.
 
 
 class Collect:

@@ -95,12 +95,18 @@ def apply_adapters(model: nn.Module, config: dict) -> None:
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    def size(tree):
-        total = 0
-        for _, v in tree_flatten(tree):
-            total += v.size
-        return total
-    return size(model.trainable_parameters()), size(model.parameters())
+    """(trainable, total) parameters, counting a quantized weight by its logical size."""
+    trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+    total = 0
+    for _, module in model.named_modules():
+        bits = getattr(module, "bits", None)
+        for name, value in module.items():
+            if not isinstance(value, mx.array) or name.startswith("_"):
+                continue
+            if bits and name in ("scales", "biases"):
+                continue
+            total += value.size * (32 // bits if bits and name == "weight" else 1)
+    return trainable, total
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

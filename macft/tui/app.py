@@ -1,0 +1,214 @@
+"""The macft Textual app: owns the one training run and routes its events to the screens.
+
+Training runs in a thread worker. Its sink (``bridge.UiSink``) only posts ``RunEvents``; this
+app applies them to the run's ``RunState`` in the UI thread and tells the screens to redraw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Iterable
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from macft import recipe as recipe_mod
+from macft.errors import MacftError
+from macft.events import Failed, Finished, StopSignal
+from macft.tui.bridge import RunEvents, UiSink
+from macft.tui.runs import RunState, display_path, recipe_files, scan_runs
+
+SHIPPED_RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+@dataclass
+class LiveRun:
+    key: str
+    stop: StopSignal
+    sink: UiSink
+    worker: object = None
+
+
+def run_key(run_dir: str | Path) -> str:
+    return str(Path(run_dir).resolve())
+
+
+class MacftApp(App):
+    CSS_PATH = "app.tcss"
+    TITLE = "macft"
+    SUB_TITLE = "local fine-tuning"
+    BINDINGS = [Binding("q", "quit", "Quit"),
+                Binding("ctrl+p", "command_palette", "Commands", show=False)]
+
+    def __init__(self, root: str | Path | None = None, target: str | None = None,
+                 recipe_dirs: list[Path] | None = None):
+        super().__init__()
+        self.root = Path(root or Path.cwd())
+        self.target = target
+        self.recipe_dirs = recipe_dirs or [self.root / "recipes", SHIPPED_RECIPES]
+        self.states: dict[str, RunState] = {}
+        self.live: LiveRun | None = None
+
+    # ----- places ---------------------------------------------------------------------------
+    def show_path(self, path: str | Path) -> str:
+        return display_path(path, self.root)
+
+    def is_shipped(self, path: Path) -> bool:
+        """A recipe of the macft checkout itself (and not of the folder the app works in)."""
+        p = Path(path).resolve()
+        return p.parent == SHIPPED_RECIPES and not p.is_relative_to(self.root.resolve())
+
+    def show_recipe(self, path: Path) -> str:
+        return f"{Path(path).name} (shipped)" if self.is_shipped(path) else self.show_path(path)
+
+    def recipes(self) -> list[Path]:
+        return recipe_files(self.recipe_dirs)
+
+    def runs(self):
+        return scan_runs(self.root / "runs")
+
+    def on_mount(self) -> None:
+        from macft.tui.screens.home import HomeScreen
+
+        self.push_screen(HomeScreen())
+        if self.target:
+            self.open_target(self.target)
+
+    def open_target(self, target: str) -> None:
+        path = Path(target)
+        if (path / "recipe.yaml").is_file():
+            self.open_run(path)
+        elif path.is_file():
+            self.open_recipe(path)
+        else:
+            self.notify(f"{target}: neither a recipe file nor a run folder", severity="error")
+
+    def open_recipe(self, path: Path | None) -> None:
+        from macft.tui.screens.recipe import RecipeScreen
+
+        try:
+            recipe = recipe_mod.load(path) if path else recipe_mod.Recipe()
+        except MacftError as exc:
+            self.notify(str(exc), severity="error", timeout=10)
+            return
+        self.push_screen(RecipeScreen(recipe, path))
+
+    def open_run(self, run_dir: str | Path) -> None:
+        from macft.tui.screens.monitor import MonitorScreen
+
+        self.push_screen(MonitorScreen(Path(run_dir)))
+
+    def open_data(self, recipe: recipe_mod.Recipe) -> None:
+        from macft.tui.screens.data import DataScreen
+
+        self.push_screen(DataScreen(recipe))
+
+    def open_compare(self, run_dir: str | Path) -> None:
+        from macft.tui.screens.compare import CompareScreen
+
+        self.push_screen(CompareScreen(Path(run_dir)))
+
+    def open_export(self, run_dir: str | Path) -> None:
+        from macft.tui.screens.export import ExportScreen
+
+        self.push_screen(ExportScreen(Path(run_dir)))
+
+    def action_home(self) -> None:
+        from macft.tui.screens.home import HomeScreen
+
+        while len(self.screen_stack) > 2 and not isinstance(self.screen, HomeScreen):
+            self.pop_screen()
+
+    # ----- the training run -----------------------------------------------------------------
+    def state_for(self, run_dir: str | Path) -> RunState:
+        key = run_key(run_dir)
+        state = self.states.get(key)
+        if state is None or not state.live:
+            state = RunState.from_folder(run_dir) if Path(run_dir).is_dir() else \
+                RunState(str(run_dir))
+            self.states[key] = state
+        return state
+
+    def start_training(self, recipe: recipe_mod.Recipe) -> RunState | None:
+        """Train (or resume) ``recipe`` in a thread; None when another run is training."""
+        if self.live is not None:
+            self.notify(f"{self.show_path(self.live.key)} is training; stop it first",
+                        severity="error")
+            return None
+        key = run_key(recipe.run_dir)
+        state = self.state_for(recipe.run_dir)
+        state.live, state.status, state.error = True, "starting", ""
+        stop = StopSignal()
+        sink = UiSink(key, self.post_message)
+        self.live = LiveRun(key, stop, sink)
+        self.live.worker = self.run_worker(partial(self._train, recipe, sink, stop), thread=True,
+                                           group="train", name=f"train {key}",
+                                           exit_on_error=False)
+        self.redraw(state)
+        return state
+
+    @staticmethod
+    def _train(recipe, sink: UiSink, stop: StopSignal) -> None:
+        """The worker thread: the engine's loop with the posting sink, nothing else."""
+        from macft.train.loop import train
+
+        try:
+            train(recipe, [sink], stop)
+        except Exception as exc:  # noqa: BLE001 - reported as a Failed event, shown on screen
+            if not sink.ended:
+                text = str(exc) if isinstance(exc, MacftError) else f"{type(exc).__name__}: {exc}"
+                sink(Failed(0, text.splitlines()[0] if text else type(exc).__name__))
+        sink.flush()
+
+    def on_run_events(self, message: RunEvents) -> None:
+        state = self.states.get(message.run_dir)
+        if state is None:
+            return
+        for event in message.events:
+            state.apply(event)
+        live = self.live
+        if live is not None and live.key == message.run_dir:
+            if any(isinstance(e, (Finished, Failed)) for e in message.events):
+                state.live, self.live = False, None
+            elif state.status == "running" and live.stop.stopped:
+                state.status = "stopping"
+            elif state.status == "running" and live.stop.paused:
+                state.status = "paused"
+        self.redraw(state)
+
+    def redraw(self, state: RunState) -> None:
+        for screen in self.screen_stack:
+            show = getattr(screen, "show_state", None)
+            if show is not None and getattr(screen, "key", None) == run_key(state.run_dir):
+                show(state)
+
+    async def action_quit(self) -> None:
+        live = self.live
+        if live is not None:
+            # The loop writes a checkpoint when stopped; wait for it so nothing is lost.
+            self.notify("stopping the run and saving a checkpoint before quitting")
+            live.stop.stop()
+            if live.worker is not None:
+                await self.workers.wait_for_complete([live.worker])
+        self.exit()
+
+    # ----- command palette ------------------------------------------------------------------
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Home", "Recipes and recent runs", self.action_home)
+        yield SystemCommand("New recipe", "A recipe form with every default",
+                            partial(self.open_recipe, None))
+        for path in self.recipes():
+            yield SystemCommand(f"Recipe: {path.stem}", f"Edit and start {self.show_path(path)}",
+                                partial(self.open_recipe, path))
+        for info in self.runs():
+            name = self.show_path(info.path)
+            yield SystemCommand(f"Run: {name}", f"Monitor ({info.status})",
+                                partial(self.open_run, info.path))
+            yield SystemCommand(f"Compare: {name}", "Base and tuned answers side by side",
+                                partial(self.open_compare, info.path))
+            yield SystemCommand(f"Export: {name}", "Fuse the adapters into a model folder",
+                                partial(self.open_export, info.path))

@@ -1,0 +1,104 @@
+"""The recipe form's model: one field per option, straight from ``recipe.describe()``.
+
+Widgets hold text; ``values_to_recipe`` turns the texts back into the raw nested dict a YAML file
+would give and validates it with ``recipe.from_dict``, so the form reports exactly the loader's
+one-line messages. No default or help text is copied here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from macft import recipe as recipe_mod
+
+
+@dataclass(frozen=True)
+class FormField:
+    key: str
+    type: str
+    default: Any
+    help: str
+    choices: tuple | None
+
+    @property
+    def optional(self) -> bool:
+        return "None" in self.type
+
+    @property
+    def kind(self) -> str:
+        if self.choices:
+            return "choice"
+        if self.type == "bool":
+            return "bool"
+        return "list" if self.type == "list" else "text"
+
+    @property
+    def section(self) -> str:
+        return self.key.rpartition(".")[0]
+
+
+def choices_of(key: str, cls=recipe_mod.Recipe) -> tuple | None:
+    """The allowed values a recipe field declares in its metadata (None when free)."""
+    head, _, rest = key.partition(".")
+    f = next(f for f in dataclasses.fields(cls) if f.name == head)
+    if rest:
+        return choices_of(rest, typing.get_type_hints(cls)[head])
+    return f.metadata.get("choices")
+
+
+def form_fields() -> list[FormField]:
+    return [FormField(key, tname, default, help_text, choices_of(key))
+            for key, tname, default, help_text in recipe_mod.describe()]
+
+
+def to_text(value: Any) -> str:
+    """How a value is shown in a text box (None as empty, lists in YAML flow style)."""
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return yaml.safe_dump(value, default_flow_style=True).strip()
+    return str(value)
+
+
+def from_text(text: str, f: FormField) -> Any:
+    """The value a YAML file with this text would give (plus 1e-4 read as a float)."""
+    if f.type in ("str", "str | None"):
+        return None if f.optional and text == "" else text
+    if f.optional and text.strip() == "":
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str) and f.type.startswith("float"):
+        try:  # YAML 1.1 reads "1e-4" as a string; a person typing it means a number
+            return float(text)
+        except ValueError:
+            return text
+    return value
+
+
+def nest(values: dict[str, Any]) -> dict:
+    """{"train.steps": 3} -> {"train": {"steps": 3}}."""
+    raw: dict = {}
+    for key, value in values.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return raw
+
+
+def values_to_recipe(values: dict[str, Any], src: str) -> recipe_mod.Recipe:
+    """Validate form values (already parsed with ``from_text``); raises MacftError."""
+    return recipe_mod.from_dict(nest(values), src)
+
+
+def recipe_values(recipe: recipe_mod.Recipe) -> dict[str, Any]:
+    return dict(recipe_mod.describe_values(recipe))

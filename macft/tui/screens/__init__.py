@@ -1,0 +1,1 @@
+"""One module per screen: home, recipe form, data inspector, run monitor, compare, export."""

@@ -1,0 +1,104 @@
+"""Home: the shipped and local recipes, and the recent runs under runs/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Label, Static
+
+from macft import recipe as recipe_mod
+from macft.errors import MacftError
+
+STATUS_STYLE = {"running": "bold green", "finished": "cyan", "stopped": "yellow",
+                "failed": "bold red", "interrupted": "magenta"}
+
+
+class HomeScreen(Screen):
+    BINDINGS = [
+        Binding("n", "new_recipe", "New recipe"),
+        Binding("d", "inspect", "Inspect data"),
+        Binding("t", "compare", "Compare"),
+        Binding("e", "export", "Export"),
+        Binding("g", "reload", "Refresh"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("Enter opens a recipe or a run · Tab moves between the lists · "
+                     "Ctrl+P for every command", id="home-help")
+        yield Label("Recipes", classes="section-title")
+        yield DataTable(id="recipes", cursor_type="row", zebra_stripes=True)
+        yield Label("Recent runs", classes="section-title")
+        yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#recipes", DataTable).add_columns("recipe", "method", "model", "data",
+                                                          "file")
+        self.query_one("#runs", DataTable).add_columns("run", "status", "step", "method",
+                                                       "model", "best val loss")
+        self.action_reload()
+        self.query_one("#recipes", DataTable).focus()
+
+    def on_screen_resume(self) -> None:
+        self.action_reload()
+
+    def action_reload(self) -> None:
+        app = self.app
+        recipes = self.query_one("#recipes", DataTable)
+        recipes.clear()
+        for path in app.recipes():
+            try:
+                r = recipe_mod.load(path)
+                cells = (r.name, r.method, r.model.path, app.show_path(r.data.train or "-"))
+            except MacftError as exc:
+                cells = (path.stem, "invalid", str(exc)[-40:], "")
+            recipes.add_row(*cells, app.show_recipe(path), key=str(path))
+        runs = self.query_one("#runs", DataTable)
+        runs.clear()
+        for info in app.runs():
+            live = app.states.get(str(info.path.resolve()))
+            status = live.status if live is not None and live.live else info.status
+            best = f"{info.best_val:.4f}" if info.best_val is not None else "-"
+            runs.add_row(app.show_path(info.path), f"[{STATUS_STYLE.get(status, '')}]{status}",
+                         f"{info.step}/{info.total_steps}", info.method, info.model, best,
+                         key=str(info.path))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        path = Path(event.row_key.value)
+        if event.data_table.id == "recipes":
+            self.app.open_recipe(path)
+        else:
+            self.app.open_run(path)
+
+    def _selected(self, table_id: str) -> Path | None:
+        table = self.query_one(f"#{table_id}", DataTable)
+        if not table.row_count:
+            self.notify(f"no {table_id} yet", severity="warning")
+            return None
+        key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+        return Path(key.value)
+
+    def action_new_recipe(self) -> None:
+        self.app.open_recipe(None)
+
+    def action_inspect(self) -> None:
+        path = self._selected("recipes")
+        if path is not None:
+            try:
+                self.app.open_data(recipe_mod.load(path))
+            except MacftError as exc:
+                self.notify(str(exc), severity="error")
+
+    def action_compare(self) -> None:
+        path = self._selected("runs")
+        if path is not None:
+            self.app.open_compare(path)
+
+    def action_export(self) -> None:
+        path = self._selected("runs")
+        if path is not None:
+            self.app.open_export(path)

@@ -1,0 +1,178 @@
+"""Run monitor: live (or recorded) loss chart, learning rate, speed, ETA, memory and samples.
+
+Keys: p pause/resume, s stop (the loop writes a checkpoint), c checkpoint now, r resume a
+stopped run to the end. A run trained by another process is followed through metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Label, ProgressBar, Sparkline, Static
+
+from macft import recipe as recipe_mod
+from macft.errors import MacftError
+from macft.tui.runs import RunState
+from macft.tui.widgets.loss_chart import LossChart
+
+STATUS_STYLE = {"running": "bold green", "starting": "green", "paused": "bold yellow",
+                "stopping": "yellow", "stopped": "yellow", "finished": "bold cyan",
+                "failed": "bold red", "interrupted": "magenta", "new": "dim"}
+
+
+def clock(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60:02d}:{rem % 60:02d}"
+
+
+class MonitorScreen(Screen):
+    BINDINGS = [
+        Binding("p", "pause", "Pause"),
+        Binding("s", "stop", "Stop"),
+        Binding("c", "checkpoint", "Checkpoint"),
+        Binding("r", "resume", "Resume"),
+        Binding("t", "compare", "Compare"),
+        Binding("e", "export", "Export"),
+        Binding("escape", "app.pop_screen", "Back"),
+    ]
+
+    def __init__(self, run_dir: Path):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.key = str(self.run_dir.resolve())
+        self.state: RunState | None = None
+        self._follow = None
+        self._keys = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="run-title")
+        with Horizontal(id="status-row"):
+            yield Static("", id="run-status")
+            yield ProgressBar(id="run-progress", show_eta=False)
+        yield LossChart(id="chart")
+        with Horizontal(id="lower"):
+            with Vertical(id="numbers"):
+                yield Static("", id="run-stats")
+                yield Label("learning rate", classes="small-title")
+                yield Sparkline([], id="lr")
+            yield Static("", id="run-log")
+        yield Static("", id="samples")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#chart").border_title = "loss  [#5fafd7]█ train[/]  [#ffaf00]● val[/]"
+        self.query_one("#run-log").border_title = "events"
+        self.query_one("#samples").border_title = "latest samples"
+        self.show_state(self.app.state_for(self.run_dir))
+        if self.state.status == "running" and not self.state.live:
+            self._follow = self.set_interval(1.0, self._reload)  # another process trains it
+
+    def _reload(self) -> None:
+        state = self.app.state_for(self.run_dir)
+        self.show_state(state)
+        if state.status != "running" and self._follow is not None:
+            self._follow.stop()
+
+    # ----- drawing ----------------------------------------------------------------------------
+    def show_state(self, state: RunState) -> None:
+        self.state = state
+        title = self.app.show_path(state.run_dir)
+        if state.started is not None:
+            title += f" · {state.started.method} · {state.started.model}"
+        self.query_one("#run-title", Static).update(Text(title, style="bold"))
+        total = state.total_steps or None
+        status = Text(f"● {state.status}", style=STATUS_STYLE.get(state.status, ""))
+        status.append(f"   step {state.step}/{state.total_steps}")
+        if state.last is not None:
+            status.append(f"   epoch {state.last.epoch:.2f}")
+        self.query_one("#run-status", Static).update(status)
+        self.query_one("#run-progress", ProgressBar).update(total=total, progress=state.step)
+        self.query_one("#chart", LossChart).update_points(state.losses, state.evals,
+                                                         state.total_steps)
+        self.query_one("#run-stats", Static).update(self._stats(state))
+        self.query_one("#lr", Sparkline).data = state.learning_rates[-200:]
+        log = state.log[-6:] + ([f"[b red]{state.error}[/]"] if state.error else [])
+        self.query_one("#run-log", Static).update("\n".join(log))
+        self.query_one("#samples", Static).update(self._samples(state))
+        keys = (state.status, state.live)
+        if keys != self._keys:  # the footer redraws itself on this: not on every step
+            self._keys = keys
+            self.refresh_bindings()
+
+    @staticmethod
+    def _stats(state: RunState) -> str:
+        s = state.last
+        if s is None:
+            return "no steps yet"
+        val = f"{state.evals[-1][1]:.4f}" if state.evals else "-"
+        best = f"{state.best_val:.4f}" if state.best_val is not None else "-"
+        return (f"loss {s.loss:.4f}   val {val}   best val {best}\n"
+                f"lr {s.learning_rate:.2e}   {s.tokens_per_sec:,.0f} tok/s   "
+                f"peak memory {s.peak_memory_gb:.2f} GB\n"
+                f"elapsed {clock(s.elapsed)}   ETA {clock(s.eta)}")
+
+    @staticmethod
+    def _samples(state: RunState) -> Text:
+        if not state.samples:
+            return Text("none yet (set train.sample_every and train.sample_prompts)",
+                        style="dim")
+        out = Text()
+        for sample in state.samples[-2:]:
+            answer = " ".join(sample.text.split())[:200]
+            out.append(f"step {sample.step} ", style="dim")
+            out.append(f"{sample.prompt[:60]} → ", style="bold")
+            out.append(answer + "\n")
+        return out
+
+    # ----- keys -------------------------------------------------------------------------------
+    def check_action(self, action: str, parameters) -> bool | None:
+        state, live = self.state, self.app.live
+        mine = live is not None and live.key == self.key
+        if action in ("pause", "stop", "checkpoint"):
+            return True if mine else None
+        if action == "resume":
+            return True if state is not None and state.resumable else None
+        return True
+
+    def action_pause(self) -> None:
+        live, state = self.app.live, self.state
+        if live.stop.paused:
+            live.stop.resume()
+            state.status = "running"
+        else:
+            live.stop.pause()
+            state.status = "paused"
+        self.show_state(state)
+
+    def action_stop(self) -> None:
+        self.app.live.stop.stop()
+        self.state.status = "stopping"
+        self.notify("stopping after this step; a checkpoint will be written")
+        self.show_state(self.state)
+
+    def action_checkpoint(self) -> None:
+        self.app.live.stop.request_checkpoint()
+        self.notify("a checkpoint will be written after this step")
+
+    def action_resume(self) -> None:
+        try:
+            recipe = recipe_mod.load(self.run_dir / "recipe.yaml", [f"output={self.run_dir}"])
+        except MacftError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        if self._follow is not None:
+            self._follow.stop()
+        self.app.start_training(recipe)
+
+    def action_compare(self) -> None:
+        self.app.open_compare(self.run_dir)
+
+    def action_export(self) -> None:
+        self.app.open_export(self.run_dir)

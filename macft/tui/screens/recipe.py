@@ -1,0 +1,150 @@
+"""Recipe: a form with one row per option, derived from ``recipe.describe()``; save, start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import events, on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, Select, Static
+
+from macft import recipe as recipe_mod
+from macft.errors import MacftError
+from macft.tui.form import FormField, form_fields, from_text, recipe_values, to_text, \
+    values_to_recipe
+
+
+def field_id(key: str) -> str:
+    return "opt-" + key.replace(".", "-")
+
+
+class RecipeScreen(Screen):
+    BINDINGS = [
+        Binding("ctrl+s", "save", "Save", priority=True),
+        Binding("ctrl+r", "start", "Start run", priority=True),
+        Binding("ctrl+d", "inspect", "Inspect data", priority=True),
+        Binding("escape", "app.pop_screen", "Back"),
+    ]
+
+    def __init__(self, recipe: recipe_mod.Recipe, path: Path | None = None):
+        super().__init__()
+        self.recipe = recipe
+        self.path = path
+        # Top-level options (name, method, output) first, then one block per section.
+        self.fields = sorted(form_fields(), key=lambda f: f.section != "")
+        self.by_id = {field_id(f.key): f for f in self.fields}
+
+    @property
+    def src(self) -> str:
+        """Where error messages say the recipe comes from, as the YAML loader does."""
+        return self.app.show_recipe(self.path) if self.path else "<new recipe>"
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="recipe-bar"):
+            yield Label("save as ", classes="bar-label")
+            yield Input(self._default_save_path(), id="save-path", compact=True)
+        values = recipe_values(self.recipe)
+        with VerticalScroll(id="form"):
+            section = None
+            for f in self.fields:
+                if f.section != section:
+                    section = f.section
+                    yield Static(section or "recipe", classes="form-section")
+                with Horizontal(classes="field-row"):
+                    yield Label(f.key.rpartition(".")[2], classes="field-key")
+                    yield self._editor(f, values[f.key])
+        yield Static("", id="field-help")
+        yield Static("", id="form-error")
+        with Horizontal(id="recipe-buttons"):
+            yield Button("Save  ^s", id="save", compact=True)
+            yield Button("Inspect data  ^d", id="inspect", compact=True)
+            yield Button("Start run  ^r", id="start", variant="primary", compact=True)
+        yield Footer()
+
+    def _default_save_path(self) -> str:
+        """The file itself for the user's recipes; a copy under recipes/ for shipped ones."""
+        if self.path is not None and not self.app.is_shipped(self.path):
+            return self.app.show_path(self.path)
+        return f"recipes/{self.path.stem if self.path else self.recipe.name}.yaml"
+
+    @staticmethod
+    def _editor(f: FormField, value):
+        wid = field_id(f.key)
+        if f.kind == "choice":
+            return Select([(str(c), c) for c in f.choices], value=value, allow_blank=False,
+                          id=wid, compact=True, tooltip=f.help)
+        if f.kind == "bool":
+            return Checkbox("", value=bool(value), id=wid, compact=True, tooltip=f.help)
+        placeholder = "(none)" if f.optional else ""
+        return Input(to_text(value), placeholder=placeholder, id=wid, compact=True,
+                     tooltip=f.help)
+
+    def on_mount(self) -> None:
+        self.query_one(f"#{field_id(self.fields[0].key)}").focus()
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        f = self.by_id.get(event.widget.id or "")
+        if f is not None:
+            default = to_text(f.default) or "none"
+            self.query_one("#field-help", Static).update(
+                f"[b]{f.key}[/b] ({f.type}, default {default}): {f.help}")
+
+    # ----- values -----------------------------------------------------------------------------
+    def values(self) -> dict:
+        out = {}
+        for wid, f in self.by_id.items():
+            widget = self.query_one(f"#{wid}")
+            out[f.key] = from_text(widget.value, f) if isinstance(widget, Input) else widget.value
+        return out
+
+    def set_value(self, key: str, value) -> None:
+        """Set one option's editor (for the command palette and tests)."""
+        widget = self.query_one(f"#{field_id(key)}")
+        widget.value = to_text(value) if isinstance(widget, Input) else value
+
+    def validated(self) -> recipe_mod.Recipe | None:
+        error = self.query_one("#form-error", Static)
+        try:
+            recipe = values_to_recipe(self.values(), self.src)
+        except MacftError as exc:
+            error.update(str(exc))
+            error.add_class("shown")
+            return None
+        error.update("")
+        error.remove_class("shown")
+        return recipe
+
+    # ----- actions ----------------------------------------------------------------------------
+    def action_save(self) -> None:
+        recipe = self.validated()
+        if recipe is None:
+            return
+        target = Path(self.query_one("#save-path", Input).value.strip() or
+                      f"recipes/{recipe.name}.yaml")
+        if not target.is_absolute():
+            target = self.app.root / target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        recipe_mod.dump(recipe, target)
+        shown = self.app.show_path(target)
+        target.write_text(f"# macft run {shown}\n" + target.read_text())
+        self.path, self.recipe = target, recipe
+        self.notify(f"saved {shown}")
+
+    def action_start(self) -> None:
+        recipe = self.validated()
+        if recipe is not None and self.app.start_training(recipe) is not None:
+            self.app.open_run(recipe.run_dir)
+
+    def action_inspect(self) -> None:
+        recipe = self.validated()
+        if recipe is not None:
+            self.app.open_data(recipe)
+
+    @on(Button.Pressed)
+    def _button(self, event: Button.Pressed) -> None:
+        {"save": self.action_save, "start": self.action_start,
+         "inspect": self.action_inspect}[event.button.id]()

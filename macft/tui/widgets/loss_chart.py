@@ -1,0 +1,108 @@
+"""A loss chart drawn with block characters: training loss as bars, validation loss as dots.
+
+No plotting library: ``chart_lines`` maps steps to columns (the mean loss of the steps a column
+covers) and losses to eighths of a row, which is enough to watch a loss curve fall.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widget import Widget
+
+BLOCKS = " ▁▂▃▄▅▆▇█"
+TRAIN = "#5fafd7"
+VAL = "#ffaf00"
+AXIS = "#808080"
+LABEL_WIDTH = 8
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"[:LABEL_WIDTH - 1].rjust(LABEL_WIDTH - 1)
+
+
+def _columns(points: list[tuple[int, float]], x_max: int, width: int) -> dict[int, float]:
+    """Mean value per column; with fewer steps than columns a step spans several columns."""
+    by_step: dict[int, list[float]] = {}
+    for step, value in points:
+        by_step.setdefault(step, []).append(value)
+    out = {}
+    for col in range(width):
+        first = col * x_max // width + 1
+        last = max(first, (col + 1) * x_max // width)
+        values = [v for s in range(first, last + 1) for v in by_step.get(s, ())]
+        if values:
+            out[col] = sum(values) / len(values)
+    return out
+
+
+def _column_of(step: int, x_max: int, width: int) -> int:
+    return min(width - 1, max(0, (step - 1) * width // max(x_max, 1)))
+
+
+def chart_lines(train: list[tuple[int, float]], val: list[tuple[int, float]], width: int,
+                height: int, total_steps: int = 0) -> list[Text]:
+    """``height`` lines of ``width`` cells: ``height - 1`` plot rows and an x-axis label row."""
+    rows = max(height - 1, 1)
+    plot_w = max(width - LABEL_WIDTH - 1, 1)
+    if not train and not val:
+        msg = "waiting for the first step"
+        return [Text(msg.center(width), style=AXIS) if r == rows // 2 else Text(" " * width)
+                for r in range(height)]
+    last = max([s for s, _ in train] + [s for s, _ in val])
+    x_max = max(total_steps, last, 1)
+    values = [v for _, v in train] + [v for _, v in val]
+    lo, hi = min(values), max(values)
+    span = hi - lo if hi - lo > 1e-12 else max(abs(hi), 1.0)
+    base = lo - 0.1 * span  # so that the lowest loss still shows as a small bar
+    scale = rows * 8 / (hi - base if hi > base else 1.0)
+    cells = [[(" ", "")] * plot_w for _ in range(rows)]
+    for col, value in _columns(train, x_max, plot_w).items():
+        eighths = min(rows * 8, max(1, round((value - base) * scale)))
+        full, part = divmod(eighths, 8)
+        for r in range(full):
+            cells[rows - 1 - r][col] = ("█", TRAIN)
+        if part and full < rows:
+            cells[rows - 1 - full][col] = (BLOCKS[part], TRAIN)
+    for step, value in val:
+        col = _column_of(step, x_max, plot_w)
+        r = min(rows - 1, int((value - base) * scale) // 8)
+        under = cells[rows - 1 - r][col][0]
+        cells[rows - 1 - r][col] = ("●", f"bold {VAL} on {TRAIN}" if under == "█" else
+                                    f"bold {VAL}")
+    labels = {0: _fmt(hi), rows - 1: _fmt(lo)}
+    if rows > 4:
+        labels[rows // 2] = _fmt((hi + lo) / 2)
+    lines = []
+    for r in range(rows):
+        line = Text(labels.get(r, " " * (LABEL_WIDTH - 1)) + " ", style=AXIS)
+        line.append("┤" if r in labels else "│", style=AXIS)
+        for char, style in cells[r]:
+            line.append(char, style=style)
+        lines.append(line)
+    left, right = "step 1", f"{x_max}"
+    gap = max(plot_w - len(left) - len(right), 1)
+    lines.append(Text(" " * LABEL_WIDTH + "└" + left + " " * gap + right, style=AXIS))
+    return lines
+
+
+class LossChart(Widget):
+    """Training loss bars and validation dots of one run; call ``update_points`` to redraw."""
+
+    DEFAULT_CSS = """
+    LossChart { height: 12; }
+    """
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None):
+        super().__init__(id=id, classes=classes)
+        self.train: list[tuple[int, float]] = []
+        self.val: list[tuple[int, float]] = []
+        self.total_steps = 0
+
+    def update_points(self, train, val, total_steps: int) -> None:
+        self.train, self.val, self.total_steps = list(train), list(val), total_steps
+        self.refresh()
+
+    def render(self) -> Text:
+        lines = chart_lines(self.train, self.val, self.size.width, self.size.height,
+                            self.total_steps)
+        return Text("\n").join(lines)
