@@ -265,3 +265,28 @@ def test_fuse_writes_a_folder_mlx_lm_opens(workdir, tmp_path, method):
         # model is much closer to the tuned one than the base is.
         assert cfg["quantization"]["bits"] == 4
         assert mx.abs(a - b).mean().item() < 0.5 * mx.abs(a - c).mean().item()
+
+
+@pytest.mark.slow
+def test_real_smollm2_qlora_steps_lower_validation_loss(smollm2_path, tmp_path):
+    """A few QLoRA steps on the real 4-bit SmolLM2 (the GGUF base stays quantized)."""
+    from macft.train.loop import Trainer
+
+    recipe = recipe_mod.from_dict({
+        "model": str(smollm2_path), "method": "qlora",
+        "data": {"train": str(ROOT / "data/quickstart/train.jsonl"),
+                 "valid": str(ROOT / "data/quickstart/valid.jsonl"), "max_length": 160},
+        "train": {"steps": 4, "batch_size": 4, "learning_rate": 5e-4, "eval_batches": 2,
+                  "save_every": 0},
+        "output": str(tmp_path / "run"),
+    })
+    trainer = Trainer(recipe, [Collect()])
+    trainer.setup()
+    before = trainer.validation_loss()
+    for step in range(4):
+        trainer.train_step(step)
+    after = trainer.validation_loss()
+    assert before > 0.2            # the base model does not know the format
+    assert after < 0.6 * before, (before, after)
+    names = {type(m).__name__ for _, m in trainer.model.named_modules()}
+    assert {"FastQuantizedLinear", "FastQuantizedEmbedding", "LoRALinear"} <= names

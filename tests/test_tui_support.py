@@ -1,0 +1,69 @@
+"""Helpers shared by the TUI tests (no tests here): tiny work folder, async runner, waits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+from conftest import write_tiny_model
+
+SIZE = (100, 30)
+
+
+def run(coro):
+    """Textual's run_test is async; pytest-asyncio is not a dependency, so run it here."""
+    return asyncio.run(coro)
+
+
+def write_chat_rows(path: Path, n: int, seed: int = 0, extra: list[dict] | None = None) -> Path:
+    lines = []
+    for i in range(n):
+        a, b = (i * 7 + seed) % 10, (i * 3 + seed) % 10
+        lines.append({"messages": [
+            {"role": "system", "content": "answer"},
+            {"role": "user", "content": f"hello {a} world {b}"},
+            {"role": "assistant", "content": f"the answer is {a}{b}"}]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines + (extra or [])))
+    return path
+
+
+def make_workdir(root: Path) -> Path:
+    write_tiny_model(root / "model")
+    write_chat_rows(root / "train.jsonl", 24)
+    write_chat_rows(root / "valid.jsonl", 6, seed=1)
+    return root
+
+
+async def wait_for(pilot, check, timeout: float = 30.0, what: str = "condition"):
+    """Let the app run until ``check()`` is truthy (the training thread posts meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.05)
+
+
+async def type_into(pilot, selector: str, text: str) -> None:
+    """Focus an Input, clear it and type ``text`` key by key, as a person would."""
+    widget = pilot.app.screen.query_one(selector)
+    widget.focus()
+    await pilot.pause()
+    widget.value = ""
+    await pilot.press(*[_key(c) for c in text])
+
+
+def _key(char: str) -> str:
+    names = {" ": "space", "/": "slash", ".": "full_stop", "-": "minus", "_": "underscore",
+             ":": "colon", "[": "left_square_bracket", "]": "right_square_bracket",
+             "+": "plus", ",": "comma"}
+    return names.get(char, char)
+
+
+def text_of(widget) -> str:
+    """The plain text a Static shows."""
+    return str(widget.render())
