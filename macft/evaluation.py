@@ -6,9 +6,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Callable
 
-import mlx.core as mx
-
-from macft.models import patch
 from macft.recipe import DataSpec
 
 
@@ -56,28 +53,18 @@ def score(predictions: list[str], references: list[str]) -> tuple[float, int, fl
     return (exact / n if n else 0.0), len(json_refs), valid, equal
 
 
-def mean_loss(model, tokenizer, rows, spec: DataSpec, path: str, batch_size: int) -> float | None:
+def data_loss(model, tokenizer, rows, spec: DataSpec, path: str, batch_size: int) -> float | None:
     """Mean cross-entropy over the trained tokens of the data set (as in validation)."""
     from macft.data import Batcher, encode_rows, make_sequences
-    from macft.train.loss import token_losses, trained_positions
+    from macft.train.loop import pad_id
+    from macft.train.loss import mean_loss
 
     encoded = encode_rows(rows, tokenizer, spec, path)
     if not encoded.examples:
         return None
-    tok = getattr(tokenizer, "_tokenizer", tokenizer)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     batcher = Batcher(make_sequences(encoded.examples, spec.max_length, False), batch_size, 0,
-                      shuffle=False, pad_id=pad)
-    total, count = 0.0, 0
-    for b in batcher.iter_eval():
-        positions = trained_positions(b.mask)
-        if positions.size == 0:
-            continue
-        with patch.segments(None):
-            losses = token_losses(model, mx.array(b.inputs), mx.array(b.targets), positions)
-        total += losses.sum().item()
-        count += positions.size
-    return total / count if count else None
+                      shuffle=False, pad_id=pad_id(tokenizer))
+    return mean_loss(model, batcher.iter_eval())
 
 
 def evaluate(model, tokenizer, path: str, spec: DataSpec, max_tokens: int, batch_size: int,
@@ -96,7 +83,7 @@ def evaluate(model, tokenizer, path: str, spec: DataSpec, max_tokens: int, batch
     model.eval()
     predictions = greedy(model, tokenizer, prompts, max_tokens, batch_size, progress)
     exact, n_json, valid, equal = score(predictions, references)
-    loss = mean_loss(model, tokenizer, rows, spec, path, 8) if with_loss else None
+    loss = data_loss(model, tokenizer, rows, spec, path, 8) if with_loss else None
     records = [{"prompt": tokenizer.decode(p), "reference": r, "prediction": pred,
                 "exact": pred.strip() == r.strip()}
                for p, r, pred in zip(prompts, references, predictions)]

@@ -290,3 +290,56 @@ def test_real_smollm2_qlora_steps_lower_validation_loss(smollm2_path, tmp_path):
     assert after < 0.6 * before, (before, after)
     names = {type(m).__name__ for _, m in trainer.model.named_modules()}
     assert {"FastQuantizedLinear", "FastQuantizedEmbedding", "LoRALinear"} <= names
+
+
+def _first_update(workdir, out, **over):
+    recipe = make_recipe(workdir, out, train__steps=1, train__eval_every=0,
+                         train__save_every=0, **over)
+    sink = Collect()
+    train(recipe, [sink])
+    return sink.of(Step)[0].loss, mx.load(str(Path(recipe.output) / "adapters.safetensors"))
+
+
+def test_gradient_accumulation_equals_the_larger_batch(workdir):
+    """Two micro-batches of 2 make the same step as one batch of 4 (same data order)."""
+    loss_a, w_a = _first_update(workdir, "accum-1x4", train__batch_size=4)
+    loss_b, w_b = _first_update(workdir, "accum-2x2", train__batch_size=2, train__grad_accum=2)
+    assert loss_a == pytest.approx(loss_b, abs=1e-5)
+    for key in w_a:
+        assert mx.allclose(w_a[key], w_b[key], atol=1e-6).item(), key
+
+
+def test_gradient_checkpointing_gives_the_same_losses(workdir):
+    def losses(out, checkpointing):
+        recipe = make_recipe(workdir, out, train__steps=4, train__eval_every=0,
+                             train__save_every=0, train__grad_checkpoint=checkpointing)
+        sink = Collect()
+        train(recipe, [sink])
+        return [e.loss for e in sink.of(Step)]
+
+    assert losses("ckpt-on", True) == pytest.approx(losses("ckpt-off", False), abs=1e-5)
+
+
+def test_schedules():
+    from macft.recipe import TrainSpec
+    from macft.train.loop import build_schedule
+
+    cos = build_schedule(TrainSpec(learning_rate=1.0, warmup_steps=4, schedule="cosine",
+                                   min_lr_ratio=0.1), 14)
+    values = [cos(mx.array(s)).item() for s in (0, 3, 4, 9, 14)]
+    assert values == pytest.approx([0.25, 1.0, 1.0, 0.55, 0.1], abs=1e-6)
+    lin = build_schedule(TrainSpec(learning_rate=2.0, schedule="linear"), 10)
+    assert [lin(mx.array(s)).item() for s in (0, 5, 10)] == pytest.approx([2.0, 1.0, 0.0])
+
+
+def test_generate_command_prints_the_greedy_answer(workdir, capsys):
+    from macft.cli import main
+    from macft.generation import chat_prompt, greedy
+
+    assert main(["generate", str(workdir / "model"), "--prompt", "hello", "--max-tokens",
+                 "6"]) == 0
+    printed = capsys.readouterr().out
+    loaded = load_base(str(workdir / "model"))
+    expected = greedy(loaded.model, loaded.tokenizer, [chat_prompt(loaded.tokenizer, "hello")],
+                      6)[0]
+    assert printed == expected + "\n"

@@ -28,7 +28,7 @@ from macft.models import adapters, patch
 from macft.models.load import Loaded, load_base
 from macft.recipe import Recipe
 from macft.train import checkpoint
-from macft.train.loss import sft_loss, token_losses, trained_positions
+from macft.train.loss import mean_loss, sft_loss, trained_positions
 
 # Recipe keys that may change when a run is resumed (e.g. to train longer).
 RESUMABLE_CHANGES = {"train.steps", "train.epochs", "train.patience", "train.eval_every",
@@ -70,7 +70,7 @@ def load_data(recipe: Recipe, tokenizer) -> DataBundle:
     if not train_set.examples:
         raise MacftError(f"{spec.train}: no usable examples after tokenization "
                          f"({train_set.stats})")
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     train = Batcher(make_sequences(train_set.examples, spec.max_length, spec.packing),
                     recipe.train.batch_size, recipe.train.seed, pad_id=pad)
     valid = None
@@ -96,7 +96,7 @@ def _stats_text(stats) -> str:
     return str(stats)
 
 
-def _pad_id(tokenizer) -> int:
+def pad_id(tokenizer) -> int:
     tok = getattr(tokenizer, "_tokenizer", tokenizer)
     for attr in ("pad_token_id", "eos_token_id"):
         value = getattr(tok, attr, None)
@@ -213,28 +213,14 @@ class Trainer:
 
     # ----- evaluation -------------------------------------------------------------------------
     def validation_loss(self) -> float | None:
-        valid = self.data.valid
-        if valid is None:
+        if self.data.valid is None:
             return None
-        limit = self.recipe.train.eval_batches
-        total, count = 0.0, 0.0
         self.model.eval()
         try:
-            for i, b in enumerate(valid.iter_eval()):
-                if limit and i >= limit:
-                    break
-                positions = trained_positions(b.mask)
-                if positions.size == 0:
-                    continue
-                seg = mx.array(b.segments) if b.segments is not None else None
-                with patch.segments(seg):
-                    losses = token_losses(self.model, mx.array(b.inputs), mx.array(b.targets),
-                                          positions)
-                total += losses.sum().item()
-                count += positions.size
+            return mean_loss(self.model, self.data.valid.iter_eval(),
+                             self.recipe.train.eval_batches)
         finally:
             self.model.train()
-        return total / count if count else None
 
     def evaluate(self) -> bool:
         """Validation loss, best-adapter bookkeeping; True when early stopping triggers."""

@@ -6,7 +6,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from macft.models import heads
+from macft.models import heads, patch
 
 
 def trained_positions(mask: np.ndarray) -> mx.array:
@@ -38,3 +38,20 @@ def sft_loss(model, inputs, targets, positions, denominator):
     the gradient of the mean over the step, whatever each micro-batch holds.
     """
     return token_losses(model, inputs, targets, positions).sum() / denominator
+
+
+def mean_loss(model, batches, limit: int = 0) -> float | None:
+    """Mean cross-entropy over the trained tokens of ``batches`` (validation, eval)."""
+    total, count = 0.0, 0
+    for i, b in enumerate(batches):
+        if limit and i >= limit:
+            break
+        positions = trained_positions(b.mask)
+        if positions.size == 0:
+            continue
+        seg = mx.array(b.segments) if b.segments is not None else None
+        with patch.segments(seg):
+            losses = token_losses(model, mx.array(b.inputs), mx.array(b.targets), positions)
+        total += losses.sum().item()
+        count += positions.size
+    return total / count if count else None
