@@ -45,8 +45,31 @@ def _parser() -> argparse.ArgumentParser:
     fuse = sub.add_parser("fuse", parents=[common], help="merge a run's adapters into the base")
     fuse.add_argument("run", help="run folder")
     fuse.add_argument("--out", required=True, help="output folder (Hugging Face layout)")
+    exp = sub.add_parser("export", parents=[common],
+                         help="write a run or model as GGUF for llama.cpp (optionally verified)")
+    exp.add_argument("target", help="run folder or model")
+    exp.add_argument("--gguf", metavar="OUT.gguf", help="the model, adapters fused")
+    exp.add_argument("--quant", default="f16", metavar="TYPE",
+                     help="f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k, q4_k_m "
+                          "(default f16)")
+    exp.add_argument("--gguf-adapter", metavar="OUT.gguf",
+                     help="the LoRA adapter alone, for llama.cpp --lora")
+    exp.add_argument("--verify", action="store_true",
+                     help="load the file in llama.cpp and compare it with MLX on held-out text")
+    exp.add_argument("--verify-text", metavar="FILE", help="held-out text for --verify")
+    chat = sub.add_parser("chat", parents=[common], help="talk to a GGUF file through llama.cpp")
+    chat.add_argument("gguf", help="GGUF model file")
+    chat.add_argument("--prompt", help="answer this one message and exit")
+    chat.add_argument("--system", help="system message")
+    chat.add_argument("--lora", metavar="ADAPTER.gguf", help="LoRA adapter GGUF to apply")
+    chat.add_argument("--max-tokens", type=int, default=256)
+    chat.add_argument("--temp", type=float, default=0.0, help="sampling temperature (0: greedy)")
+    chat.add_argument("--ctx", type=int, default=4096, help="context length")
     opts = sub.add_parser("options", parents=[common], help="list every recipe option")
     opts.add_argument("--markdown", action="store_true", help="as a Markdown table")
+    tui = sub.add_parser("tui", parents=[common],
+                         help="the terminal UI (also what `macft` alone opens)")
+    tui.add_argument("target", nargs="?", help="a recipe file or run folder to open")
     return p
 
 
@@ -163,8 +186,28 @@ def cmd_fuse(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from macft.export.pipeline import export
+
+    return export(args.target, gguf=args.gguf, quant=args.quant, adapter_gguf=args.gguf_adapter,
+                  verify=args.verify, verify_text=args.verify_text, say=_console)
+
+
+def cmd_chat(args) -> int:
+    from macft.export.chat import chat
+
+    return chat(args.gguf, prompt=args.prompt, system=args.system, max_tokens=args.max_tokens,
+                temperature=args.temp, lora=args.lora, n_ctx=args.ctx)
+
+
+def cmd_tui(args) -> int:
+    from macft.tui import run_app  # lazily: the headless commands never load Textual
+
+    return run_app(getattr(args, "target", None))
+
+
 COMMANDS = {"run": cmd_run, "eval": cmd_eval, "generate": cmd_generate, "fuse": cmd_fuse,
-            "options": cmd_options}
+            "export": cmd_export, "chat": cmd_chat, "options": cmd_options, "tui": cmd_tui}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,8 +219,10 @@ def main(argv: list[str] | None = None) -> int:
 
         runtime.set_offline(True)
     if args.command is None:
-        parser.print_help()
-        return 0
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            parser.print_help()  # no terminal to draw the UI in
+            return 0
+        args.command = "tui"
     try:
         return COMMANDS[args.command](args)
     except MacftError as exc:

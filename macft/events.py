@@ -55,6 +55,7 @@ class Step(Event):
     eta: float
     peak_memory_gb: float
     epoch: float
+    metrics: dict = field(default_factory=dict)   # objective-specific (rewards, accuracy)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class Eval(Event):
     val_loss: float
     best_val_loss: float
     improved: bool
+    metrics: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -218,11 +220,15 @@ class ConsoleProgress:
             done = int(self.width * event.step / max(event.total_steps, 1))
             bar = "#" * done + "-" * (self.width - done)
             self._line(f"[{bar}] {event.step}/{event.total_steps} loss {event.loss:.4f} "
-                       f"lr {event.learning_rate:.2e} {event.tokens_per_sec:,.0f} tok/s "
+                       + (f"acc {event.metrics['accuracy']:.2f} " if "accuracy" in event.metrics
+                          else "")
+                       + f"lr {event.learning_rate:.2e} {event.tokens_per_sec:,.0f} tok/s "
                        f"elapsed {_fmt_time(event.elapsed)} eta {_fmt_time(event.eta)}")
         elif isinstance(event, Eval):
             mark = " (best)" if event.improved else ""
-            self._newline(f"step {event.step}: val loss {event.val_loss:.4f}{mark}")
+            extra = "".join(f", {k} {v:.3f}" for k, v in event.metrics.items()
+                            if k in ("accuracy", "margin"))
+            self._newline(f"step {event.step}: val loss {event.val_loss:.4f}{extra}{mark}")
         elif isinstance(event, Sample):
             text = event.text.replace("\n", " ")[:160]
             self._newline(f"step {event.step} sample: {text}")

@@ -30,6 +30,7 @@ def opt(default, help: str, choices: tuple | None = None, **kw):
 
 
 METHODS = ("lora", "dora", "qlora", "full")
+OBJECTIVES = ("sft", "dpo", "ipo", "orpo", "simpo")
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,16 @@ class TrainSpec:
 
 
 @dataclass(frozen=True)
+class PreferenceSpec:
+    beta: float = opt(0.1, "dpo/ipo: strength of the pull toward the reference (KL weight); "
+                           "simpo: reward scale.")
+    label_smoothing: float = opt(0.0, "dpo: probability that a pair's labels are flipped "
+                                      "(conservative DPO).")
+    orpo_lambda: float = opt(0.1, "orpo: weight of the odds-ratio term added to the SFT loss.")
+    simpo_gamma: float = opt(0.5, "simpo: target reward margin.")
+
+
+@dataclass(frozen=True)
 class EvalSpec:
     max_tokens: int = opt(128, "Longest generated answer in `macft eval`.")
     batch_size: int = opt(32, "Prompts generated together in `macft eval`.")
@@ -121,6 +132,14 @@ class Recipe:
     data: DataSpec = field(default_factory=DataSpec, metadata={"help": "Data sets and format."})
     train: TrainSpec = field(default_factory=TrainSpec, metadata={"help": "Optimisation."})
     eval: EvalSpec = field(default_factory=EvalSpec, metadata={"help": "`macft eval` settings."})
+    objective: str = opt("sft", "Training objective: sft on chat/completions/text data; dpo, "
+                                "ipo, orpo or simpo on preference pairs.", choices=OBJECTIVES)
+    preference: PreferenceSpec = field(default_factory=PreferenceSpec,
+                                       metadata={"help": "Preference-objective settings."})
+    init_adapter: str | None = opt(None, "Start from these adapter weights (a folder with "
+                                         "adapters.safetensors) instead of fresh ones.")
+    stages: list = opt([], "Stages run in order (e.g. sft then dpo); each is a partial recipe "
+                           "over this one, and starts from the previous stage's adapter.")
     output: str | None = opt(None, "Run folder; default runs/<name>.")
 
     @property
@@ -226,7 +245,39 @@ def _validate(recipe: Recipe, src: str) -> Recipe:
 
 
 def from_dict(raw: dict, src: str = "<recipe>") -> Recipe:
-    return _validate(_build(Recipe, raw or {}, src), src)
+    recipe = _validate(_build(Recipe, raw or {}, src), src)
+    stage_recipes(recipe, src)  # a stage with an unknown key fails at load time, not later
+    return recipe
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def stage_recipes(recipe: Recipe, src: str = "<recipe>") -> list[Recipe]:
+    """The full recipe of each stage: the stage's keys over the parent's, its own folder."""
+    base = to_dict(recipe)
+    base["stages"] = []
+    out = []
+    for i, stage in enumerate(recipe.stages):
+        where = f"{src}: stages[{i}]"
+        if not isinstance(stage, dict):
+            raise MacftError(f"{where} must be a mapping of recipe keys")
+        if "stages" in stage or "output" in stage:
+            raise MacftError(f"{where}: key '{'stages' if 'stages' in stage else 'output'}' "
+                             f"is not allowed inside a stage")
+        raw = _merge(base, stage)
+        label = stage.get("name") or stage.get("objective") or "sft"
+        raw["name"] = f"{recipe.name}-{label}"
+        raw["output"] = str(recipe.run_dir / f"stage-{i + 1}-{label}")
+        out.append(_validate(_build(Recipe, raw, where), where))
+    return out
 
 
 def to_dict(recipe: Recipe) -> dict:

@@ -36,15 +36,17 @@ def make_workdir(root: Path) -> Path:
     return root
 
 
-async def wait_for(pilot, check, timeout: float = 30.0, what: str = "condition"):
-    """Let the app run until ``check()`` is truthy (the training thread posts meanwhile)."""
+async def wait_for(pilot, check, timeout: float = 30.0, what: str = "condition", about=None):
+    """Let the app run until ``check()`` is truthy (the training thread posts meanwhile);
+    ``about()`` adds what the app looked like to a timeout's message."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}" +
+                                 (f": {about()}" if about else ""))
         await pilot.pause(0.05)
 
 
@@ -54,14 +56,18 @@ async def type_into(pilot, selector: str, text: str) -> None:
     widget.focus()
     await pilot.pause()
     widget.value = ""
-    await pilot.press(*[_key(c) for c in text])
+    await pilot.press(*text)
 
 
-def _key(char: str) -> str:
-    names = {" ": "space", "/": "slash", ".": "full_stop", "-": "minus", "_": "underscore",
-             ":": "colon", "[": "left_square_bracket", "]": "right_square_bracket",
-             "+": "plus", ",": "comma"}
-    return names.get(char, char)
+async def press_now(pilot, *keys: str) -> None:
+    """Press keys while a run trains. ``Pilot.press`` waits until the process is idle (up to
+    a second a key), which it never is with the training thread busy; post the same key
+    events the terminal driver would and let the screen handle them."""
+    from textual import events
+
+    for key in keys:
+        pilot.app.post_message(events.Key(key, key if len(key) == 1 else None))
+        await pilot.pause(0.02)
 
 
 def text_of(widget) -> str:

@@ -392,11 +392,7 @@ def _llama3_scaling(header: GGUFHeader, head_dim: int, base: float, orig: int) -
     factor = float(stored.max())
     cfg = {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0,
            "high_freq_factor": 4.0, "original_max_position_embeddings": orig}
-    freqs = 1.0 / base ** (np.arange(0, head_dim, 2) / head_dim)
-    wavelen = 2 * np.pi / freqs
-    smooth = (orig / wavelen - 1.0) / (4.0 - 1.0)
-    expect = np.where(wavelen < orig / 4.0, 1.0,
-                      np.where(wavelen > orig, factor, 1 / ((1 - smooth) / factor + smooth)))
+    expect = llama3_rope_factors(head_dim, base, cfg)
     if expect.shape != stored.shape or not np.allclose(expect, stored, rtol=1e-4):
         raise MacftError(f"{header.path.name}: rope_freqs does not match Llama 3 rope scaling "
                          "(not supported)")
@@ -418,6 +414,44 @@ def hf_name(gguf_name: str) -> str | None:
     if len(parts) == 4 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in _BLOCK_NAMES:
         return f"model.layers.{parts[1]}.{_BLOCK_NAMES[parts[2]]}.{suffix}"
     return None
+
+
+def gguf_name(hf: str) -> str | None:
+    """The inverse of ``hf_name``: ``model.norm.weight`` -> ``output_norm.weight``."""
+    module, _, suffix = hf.rpartition(".")
+    if suffix not in _SUFFIXES:
+        return None
+    for short, long in _TOP_NAMES.items():
+        if module == long:
+            return f"{short}.{suffix}"
+    parts = module.split(".", 3)
+    if len(parts) == 4 and parts[:2] == ["model", "layers"] and parts[2].isdigit():
+        for short, long in _BLOCK_NAMES.items():
+            if parts[3] == long:
+                return f"blk.{parts[2]}.{short}.{suffix}"
+    return None
+
+
+def permute_rows(w, n_heads: int):
+    """llama.cpp's Q/K row permutation (rotate-half rotary -> adjacent-pair rotary).
+
+    The inverse of ``unpermute_rows``; rows only move, so it applies to packed weights too.
+    """
+    rows = w.shape[0]
+    return w.reshape(n_heads, 2, rows // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def llama3_rope_factors(head_dim: int, base: float, scaling: dict) -> np.ndarray:
+    """``rope_freqs.weight`` for Llama 3.1+ rope scaling, as llama.cpp's converter computes it."""
+    factor = float(scaling["factor"])
+    low = float(scaling.get("low_freq_factor", 1.0))
+    high = float(scaling.get("high_freq_factor", 4.0))
+    orig = int(scaling.get("original_max_position_embeddings", 8192))
+    wavelen = 2 * np.pi * base ** (np.arange(0, head_dim, 2) / head_dim)
+    smooth = (orig / wavelen - low) / (high - low)
+    out = np.where(wavelen < orig / high, 1.0,
+                   np.where(wavelen > orig / low, factor, 1 / ((1 - smooth) / factor + smooth)))
+    return out.astype(np.float32)
 
 
 def unpermute_rows(w, n_heads: int):

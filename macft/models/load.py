@@ -173,7 +173,10 @@ def load_for_inference(target: str, adapter: str | None = None):
             raise MacftError(f"{target}: adapter folder without recipe.yaml; pass the run folder")
         return load_base(target), None
     run_dir = Path(target)
-    recipe = recipe_mod.load(run_dir / "recipe.yaml")
+    recipe = recipe_mod.load(run_dir / "recipe.yaml", [f"output={run_dir}"])
+    if recipe.stages:  # a staged run is used with its last stage's adapter
+        recipe = recipe_mod.stage_recipes(recipe)[-1]
+        run_dir = recipe.run_dir
     loaded = load_base(recipe.model.path, recipe.model.revision, recipe.model.dtype)
     adapters_mod.prepare(loaded.model, recipe, recipe.train.seed)
     adapters_mod.load_adapter_weights(loaded.model, Path(adapter) if adapter else

@@ -6,6 +6,8 @@ pass a ``StopSignal`` that the loop checks every step.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import signal
@@ -29,6 +31,7 @@ from macft.models.load import Loaded, load_base
 from macft.recipe import Recipe
 from macft.train import checkpoint
 from macft.train.loss import mean_loss, sft_loss, trained_positions
+from macft.train.objectives import needs_reference, preference_loss, reference_logps
 
 # Recipe keys that may change when a run is resumed (e.g. to train longer).
 RESUMABLE_CHANGES = {"train.steps", "train.epochs", "train.patience", "train.eval_every",
@@ -60,12 +63,38 @@ def build_schedule(t, total_steps: int):
     return main
 
 
+def load_pairs(recipe: Recipe, tokenizer) -> DataBundle:
+    from macft.data import load_rows
+    from macft.data.preference import PairBatcher, encode_pairs
+
+    spec = recipe.data
+    pad = pad_id(tokenizer)
+    train_set = encode_pairs(load_rows(spec.train), tokenizer, spec, spec.train)
+    train = PairBatcher(train_set.pairs, recipe.train.batch_size, recipe.train.seed, pad_id=pad)
+    stats = {"train": train_set.stats.summary().replace("examples", "pairs")}
+    valid = None
+    if spec.valid:
+        valid_set = encode_pairs(load_rows(spec.valid), tokenizer, spec, spec.valid)
+        if valid_set.pairs:
+            valid = PairBatcher(valid_set.pairs, recipe.train.batch_size, recipe.train.seed,
+                                shuffle=False, pad_id=pad)
+        stats["valid"] = valid_set.stats.summary().replace("examples", "pairs")
+    return DataBundle(train, valid, stats, [])
+
+
 def load_data(recipe: Recipe, tokenizer) -> DataBundle:
     from macft.data import Batcher, encode_rows, load_rows, make_sequences
 
     spec = recipe.data
     if not spec.train:
         raise MacftError("recipe: key 'data.train' is required")
+    if recipe.objective != "sft":
+        bundle = load_pairs(recipe, tokenizer)
+        from macft.generation import chat_prompt
+
+        bundle.sample_prompts = [chat_prompt(tokenizer, p, spec.system_prompt)
+                                 for p in recipe.train.sample_prompts]
+        return bundle
     train_set = encode_rows(load_rows(spec.train), tokenizer, spec, spec.train)
     if not train_set.examples:
         raise MacftError(f"{spec.train}: no usable examples after tokenization "
@@ -141,6 +170,7 @@ class Trainer:
         self.best_step = 0
         self.bad_evals = 0
         self.elapsed_before = 0.0
+        self.step_metrics: dict = {}
 
     def emit(self, event) -> None:
         for sink in self.sinks:
@@ -163,6 +193,9 @@ class Trainer:
         self.data = load_data(r, self.tokenizer)
         self.adapter_cfg = adapters.prepare(self.model, r, r.train.seed)
         self.adapter_cfg["model"] = str(self.loaded.source)
+        if r.init_adapter and ckpt is None:
+            adapters.load_adapter_weights(self.model, Path(r.init_adapter))
+        self.reference = self._reference() if needs_reference(r.objective) else None
         if r.train.grad_checkpoint:
             from mlx_lm.tuner.trainer import grad_checkpoint
 
@@ -172,7 +205,10 @@ class Trainer:
         self.optimizer = optim.AdamW(learning_rate=self.schedule,
                                      weight_decay=r.train.weight_decay)
         self.optimizer.init(self.model.trainable_parameters())
-        self.loss_and_grad = nn.value_and_grad(self.model, sft_loss)
+        if r.objective == "sft":
+            self.loss_and_grad = nn.value_and_grad(self.model, sft_loss)
+        else:
+            self.loss_and_grad = nn.value_and_grad(self.model, self._preference_loss)
         if ckpt is not None:
             state = checkpoint.restore(ckpt, self.model, self.optimizer)
             self.step = int(state["step"])
@@ -182,6 +218,70 @@ class Trainer:
             self.elapsed_before = state.get("elapsed", 0.0)
         self.model.train()
 
+    # ----- preference objectives ---------------------------------------------------------------
+    def _reference(self) -> dict:
+        """Reference log-probs of every pair, computed once (model as the stage starts) and
+        kept in the run folder so that a resumed run uses the same ones."""
+        path = self.run_dir / "reference_logps.safetensors"
+        if path.exists():
+            return {k: np.array(v) for k, v in mx.load(str(path)).items()}
+        ref = {}
+        for split, batcher in (("train", self.data.train), ("valid", self.data.valid)):
+            if batcher is not None:
+                ref[f"{split}_chosen"], ref[f"{split}_rejected"] = reference_logps(self.model,
+                                                                                  batcher)
+        tmp = path.with_name(f".{path.stem}.tmp.safetensors")
+        mx.save_safetensors(str(tmp), {k: mx.array(v) for k, v in ref.items()})
+        os.replace(tmp, path)
+        return ref
+
+    def _ref_for(self, split: str, index: np.ndarray):
+        if self.reference is None:
+            return None
+        return (mx.array(self.reference[f"{split}_chosen"][index]),
+                mx.array(self.reference[f"{split}_rejected"][index]))
+
+    def _preference_loss(self, model, pair_batch, ref, weight):
+        return preference_loss(model, pair_batch.batch, ref, self.recipe.objective,
+                               self.recipe.preference, weight)
+
+    def preference_step(self, batches) -> tuple[float, dict, dict]:
+        total_pairs = sum(len(pb.index) for pb in batches)
+        grads, loss_sum, metrics = None, 0.0, {}
+        for pb in batches:
+            weight = len(pb.index) / total_pairs
+            (loss, m), g = self.loss_and_grad(self.model, pb, self._ref_for("train", pb.index),
+                                              weight)
+            grads = g if grads is None else tree_map(mx.add, grads, g)
+            mx.eval(loss, grads, m)
+            loss_sum += loss.item()
+            for k, v in m.items():
+                metrics[k] = metrics.get(k, 0.0) + v.item() * weight
+        return loss_sum, metrics, grads
+
+    def preference_validation(self) -> tuple[float, dict] | None:
+        valid = self.data.valid
+        if valid is None:
+            return None
+        self.model.eval()
+        totals: dict = {}
+        try:
+            for i, pb in enumerate(valid.iter_eval()):
+                if self.recipe.train.eval_batches and i >= self.recipe.train.eval_batches:
+                    break
+                loss, m = preference_loss(self.model, pb.batch, self._ref_for("valid", pb.index),
+                                          self.recipe.objective, self.recipe.preference)
+                n = len(pb.index)
+                totals["loss"] = totals.get("loss", 0.0) + loss.item() * n
+                for k, v in m.items():
+                    totals[k] = totals.get(k, 0.0) + v.item() * n
+                totals["n"] = totals.get("n", 0) + n
+        finally:
+            self.model.train()
+        n = totals.pop("n")
+        loss = totals.pop("loss") / n
+        return loss, {k: v / n for k, v in totals.items()}
+
     # ----- one optimizer step ---------------------------------------------------------------
     def micro_batches(self, step: int) -> list:
         ga = self.recipe.train.grad_accum
@@ -190,6 +290,11 @@ class Trainer:
     def train_step(self, step: int) -> tuple[float, int]:
         mx.random.seed(self.recipe.train.seed * 1_000_003 + step)  # dropout: resumable
         batches = self.micro_batches(step)
+        self.step_metrics = {}
+        if self.recipe.objective != "sft":
+            total_loss, self.step_metrics, grads = self.preference_step(batches)
+            self._apply(grads)
+            return total_loss, sum(pb.batch.tokens for pb in batches)
         denom = float(sum(b.mask.sum() for b in batches)) or 1.0
         total_loss = 0.0
         grads = None
@@ -204,12 +309,16 @@ class Trainer:
             grads = g if grads is None else tree_map(mx.add, grads, g)
             mx.eval(loss, grads)
             total_loss += loss.item()
-        if grads is not None:
-            if self.recipe.train.max_grad_norm > 0:
-                grads, _ = optim.clip_grad_norm(grads, self.recipe.train.max_grad_norm)
-            self.optimizer.update(self.model, grads)
-            mx.eval(self.model.parameters(), self.optimizer.state)
+        self._apply(grads)
         return total_loss, sum(b.tokens for b in batches)
+
+    def _apply(self, grads) -> None:
+        if grads is None:
+            return
+        if self.recipe.train.max_grad_norm > 0:
+            grads, _ = optim.clip_grad_norm(grads, self.recipe.train.max_grad_norm)
+        self.optimizer.update(self.model, grads)
+        mx.eval(self.model.parameters(), self.optimizer.state)
 
     # ----- evaluation -------------------------------------------------------------------------
     def validation_loss(self) -> float | None:
@@ -224,7 +333,12 @@ class Trainer:
 
     def evaluate(self) -> bool:
         """Validation loss, best-adapter bookkeeping; True when early stopping triggers."""
-        val = self.validation_loss()
+        metrics = {}
+        if self.recipe.objective == "sft":
+            val = self.validation_loss()
+        else:
+            result = self.preference_validation()
+            val, metrics = result if result else (None, {})
         if val is None:
             return False
         improved = self.best_val is None or val < self.best_val
@@ -233,7 +347,7 @@ class Trainer:
             adapters.save_adapters(self.model, self.run_dir / "best", self.adapter_cfg)
         else:
             self.bad_evals += 1
-        self.emit(Eval(self.step, val, self.best_val, improved))
+        self.emit(Eval(self.step, val, self.best_val, improved, metrics))
         if improved:
             self.emit(Checkpoint(self.step, str(self.run_dir / "best"), best=True))
         patience = self.recipe.train.patience
@@ -296,7 +410,8 @@ class Trainer:
                     learning_rate=float(self.optimizer.learning_rate.item()), tokens=tokens,
                     tokens_per_sec=tps, elapsed=elapsed, eta=per_step * (self.total - self.step),
                     peak_memory_gb=mx.get_peak_memory() / 1e9,
-                    epoch=self.step * r.grad_accum / self.data.train.batches_per_epoch))
+                    epoch=self.step * r.grad_accum / self.data.train.batches_per_epoch,
+                    metrics=self.step_metrics))
                 last = self.step == self.total
                 stop_early = False
                 if (r.eval_every and self.step % r.eval_every == 0) or last:
@@ -322,10 +437,46 @@ class Trainer:
             raise
         final = adapters.save_adapters(self.model, self.run_dir, self.adapter_cfg)
         done = Finished(self.step, reason, self.best_val, str(final), elapsed)
+        if reason != "stopped":
+            checkpoint._write_text(self.run_dir / "finished.json",
+                                   json.dumps({"step": self.step, "reason": reason}))
         self.emit(done)
         return done
 
 
+def is_finished(run_dir: Path) -> bool:
+    return (Path(run_dir) / "finished.json").exists()
+
+
+def run_stages(recipe: Recipe, sinks: list, stop: StopSignal | None = None) -> Finished:
+    """Run a staged recipe (e.g. sft then dpo): each stage in its own sub-folder, starting
+    from the previous stage's adapter; finished stages are skipped, so a killed run resumes
+    inside the stage where it stopped."""
+    from macft.models.load import adapter_dir
+
+    run_dir = recipe.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if any(run_dir.glob("stage-*")):
+        _check_resume_recipe(run_dir, recipe)
+    recipe_mod.dump(recipe, run_dir / "recipe.yaml")
+    previous = recipe.init_adapter
+    done = None
+    for stage in recipe_mod.stage_recipes(recipe):
+        if previous:
+            stage = dataclasses.replace(stage, init_adapter=str(previous))
+        if not is_finished(stage.run_dir):
+            done = Trainer(stage, sinks, stop).run()
+            if done.reason == "stopped":
+                return done
+        previous = adapter_dir(stage.run_dir)
+    checkpoint._write_text(run_dir / "finished.json", json.dumps({"stages": len(recipe.stages)}))
+    if done is None:
+        done = Finished(0, "completed", None, str(previous), 0.0)
+    return done
+
+
 def train(recipe: Recipe, sinks: list, stop: StopSignal | None = None,
           loaded: Loaded | None = None) -> Finished:
+    if recipe.stages:
+        return run_stages(recipe, sinks, stop)
     return Trainer(recipe, sinks, stop, loaded).run()

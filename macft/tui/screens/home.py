@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
@@ -63,7 +64,7 @@ class HomeScreen(Screen):
             live = app.states.get(str(info.path.resolve()))
             status = live.status if live is not None and live.live else info.status
             best = f"{info.best_val:.4f}" if info.best_val is not None else "-"
-            runs.add_row(app.show_path(info.path), f"[{STATUS_STYLE.get(status, '')}]{status}",
+            runs.add_row(app.show_path(info.path), Text(status, style=STATUS_STYLE.get(status, "")),
                          f"{info.step}/{info.total_steps}", info.method, info.model, best,
                          key=str(info.path))
 

@@ -113,7 +113,9 @@ class MonitorScreen(Screen):
             return "no steps yet"
         val = f"{state.evals[-1][1]:.4f}" if state.evals else "-"
         best = f"{state.best_val:.4f}" if state.best_val is not None else "-"
-        return (f"loss {s.loss:.4f}   val {val}   best val {best}\n"
+        extra = "".join(f"   {k} {v:.3f}" for k, v in getattr(s, "metrics", {}).items()
+                        if isinstance(v, (int, float)))  # objective-specific, e.g. accuracy
+        return (f"loss {s.loss:.4f}   val {val}   best val {best}{extra}\n"
                 f"lr {s.learning_rate:.2e}   {s.tokens_per_sec:,.0f} tok/s   "
                 f"peak memory {s.peak_memory_gb:.2f} GB\n"
                 f"elapsed {clock(s.elapsed)}   ETA {clock(s.eta)}")

@@ -36,6 +36,7 @@ class RecipeScreen(Screen):
         # Top-level options (name, method, output) first, then one block per section.
         self.fields = sorted(form_fields(), key=lambda f: f.section != "")
         self.by_id = {field_id(f.key): f for f in self.fields}
+        self._suggested = ""
 
     @property
     def src(self) -> str:
@@ -69,7 +70,8 @@ class RecipeScreen(Screen):
         """The file itself for the user's recipes; a copy under recipes/ for shipped ones."""
         if self.path is not None and not self.app.is_shipped(self.path):
             return self.app.show_path(self.path)
-        return f"recipes/{self.path.stem if self.path else self.recipe.name}.yaml"
+        self._suggested = f"recipes/{self.path.stem if self.path else self.recipe.name}.yaml"
+        return self._suggested
 
     @staticmethod
     def _editor(f: FormField, value):
@@ -85,6 +87,13 @@ class RecipeScreen(Screen):
 
     def on_mount(self) -> None:
         self.query_one(f"#{field_id(self.fields[0].key)}").focus()
+
+    @on(Input.Changed, "#opt-name")
+    def _name_changed(self, event: Input.Changed) -> None:
+        # A new recipe is saved as recipes/<name>.yaml unless the person chose another file.
+        box = self.query_one("#save-path", Input)
+        if self.path is None and box.value == self._suggested:
+            self._suggested = box.value = f"recipes/{event.value}.yaml"
 
     def on_descendant_focus(self, event: events.DescendantFocus) -> None:
         f = self.by_id.get(event.widget.id or "")

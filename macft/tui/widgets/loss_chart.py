@@ -50,13 +50,14 @@ def chart_lines(train: list[tuple[int, float]], val: list[tuple[int, float]], wi
                 for r in range(height)]
     last = max([s for s, _ in train] + [s for s, _ in val])
     x_max = max(total_steps, last, 1)
-    values = [v for _, v in train] + [v for _, v in val]
+    columns = _columns(train, x_max, plot_w)
+    values = list(columns.values()) + [v for _, v in val]  # what is drawn sets the scale
     lo, hi = min(values), max(values)
     span = hi - lo if hi - lo > 1e-12 else max(abs(hi), 1.0)
     base = lo - 0.1 * span  # so that the lowest loss still shows as a small bar
     scale = rows * 8 / (hi - base if hi > base else 1.0)
     cells = [[(" ", "")] * plot_w for _ in range(rows)]
-    for col, value in _columns(train, x_max, plot_w).items():
+    for col, value in columns.items():
         eighths = min(rows * 8, max(1, round((value - base) * scale)))
         full, part = divmod(eighths, 8)
         for r in range(full):

@@ -1,0 +1,1 @@
+"""Export: GGUF writer, name maps, quantizers and checks against llama.cpp (the GGUF issue)."""

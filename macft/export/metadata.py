@@ -1,0 +1,79 @@
+"""Model hyper-parameters as the GGUF metadata llama.cpp reads, with the value types it demands.
+
+Counts are u32 and epsilons/rope bases f32 (llama.cpp refuses an i32 ``block_count``), so every
+value goes through gguf-py's typed ``add_*`` helpers.
+"""
+
+from __future__ import annotations
+
+import gguf
+
+from macft.errors import MacftError
+
+# mlx-lm model_type -> llama.cpp architecture. Mistral (<= v0.3) is a llama in GGUF.
+ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+
+
+def gguf_architecture(config: dict) -> str:
+    model_type = config.get("model_type", "")
+    if model_type not in ARCHITECTURES:
+        raise MacftError(f"GGUF export does not support model type '{model_type}' "
+                         f"(supported: {', '.join(ARCHITECTURES)})")
+    return ARCHITECTURES[model_type]
+
+
+def head_dim(config: dict) -> int:
+    return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
+
+
+def rope_scaling(config: dict) -> dict | None:
+    """The rope scaling dict with its kind under ``"type"``, or None for plain rope."""
+    scaling = config.get("rope_scaling")
+    if not scaling:
+        return None
+    kind = scaling.get("rope_type") or scaling.get("type") or "default"
+    return None if kind == "default" else dict(scaling, type=kind)
+
+
+def add_model_metadata(w: gguf.GGUFWriter, config: dict, name: str, file_type: int,
+                       quantized: bool) -> None:
+    heads = int(config["num_attention_heads"])
+    dim = head_dim(config)
+    w.add_name(name)
+    w.add_file_type(int(file_type))
+    if quantized:
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    w.add_context_length(int(config.get("max_position_embeddings", 4096)))
+    w.add_embedding_length(int(config["hidden_size"]))
+    w.add_block_count(int(config["num_hidden_layers"]))
+    w.add_feed_forward_length(int(config["intermediate_size"]))
+    w.add_head_count(heads)
+    w.add_head_count_kv(int(config.get("num_key_value_heads") or heads))
+    w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
+    w.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
+    w.add_rope_dimension_count(dim)
+    if dim != config["hidden_size"] // heads or config["model_type"] == "qwen3":
+        # Without these llama.cpp derives the head size from hidden/heads and fails on shapes.
+        w.add_key_length(dim)
+        w.add_value_length(dim)
+    w.add_vocab_size(int(config["vocab_size"]))
+    _add_rope_scaling(w, config)
+
+
+def _add_rope_scaling(w: gguf.GGUFWriter, config: dict) -> None:
+    scaling = rope_scaling(config)
+    if scaling is None or scaling["type"] == "llama3":
+        return                       # llama3 scaling travels as the rope_freqs tensor
+    kind = scaling["type"]
+    if kind == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(float(scaling["factor"]))
+    elif kind == "yarn":
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(float(scaling["factor"]))
+        orig = scaling.get("original_max_position_embeddings")
+        if orig:
+            w.add_rope_scaling_orig_ctx_len(int(orig))
+    else:
+        raise MacftError(f"GGUF export: rope scaling '{kind}' is not supported "
+                         "(linear, yarn, llama3)")

@@ -1,0 +1,77 @@
+"""``macft export``: load a run or model, fuse its adapters, write GGUF(s), optionally verify."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from macft.errors import MacftError
+
+
+def _name(target: str, loaded) -> str:
+    path = Path(target)
+    return path.stem if path.suffix == ".gguf" else path.name or "macft"
+
+
+def export(target: str, gguf: str | None = None, quant: str = "f16",
+           adapter_gguf: str | None = None, verify: bool = False, verify_text: str | None = None,
+           say: Callable[[str], None] = print) -> int:
+    """Write the fused model (``gguf``) and/or the LoRA adapter alone (``adapter_gguf``)."""
+    from macft.export import verify as verify_mod
+    from macft.export.quant_plan import QUANTS
+    from macft.models.fuse import fuse_in_place
+    from macft.models.load import is_run_dir, load_for_inference
+
+    if not gguf and not adapter_gguf:
+        raise MacftError("export: give --gguf OUT.gguf and/or --gguf-adapter OUT.gguf")
+    if quant not in QUANTS:
+        raise MacftError(f"unknown --quant '{quant}' (choose from {', '.join(QUANTS)})")
+    if adapter_gguf and not is_run_dir(target):
+        raise MacftError(f"{target}: --gguf-adapter needs a run folder (with recipe.yaml)")
+    text = None
+    if verify:
+        from macft.export import llamacpp
+
+        llamacpp.require()                                  # fail before the slow part
+        text = verify_mod.HELD_OUT
+        if verify_text:
+            try:
+                text = Path(verify_text).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise MacftError(f"{verify_text}: cannot read ({exc.strerror})") from None
+    loaded, _ = load_for_inference(target)
+    name = _name(target, loaded)
+    base_gguf = loaded.source if loaded.kind == "gguf" else None
+
+    if adapter_gguf:
+        from macft.export.adapter import write_lora_gguf
+
+        path = write_lora_gguf(loaded.model, loaded.config, adapter_gguf, name=f"{name}-lora")
+        say(f"wrote LoRA adapter {path} ({path.stat().st_size / 1e6:.1f} MB)")
+        if verify:
+            if base_gguf is None:
+                say("adapter not verified: llama.cpp needs a GGUF base (export one with --gguf)")
+            else:
+                result = verify_mod.verify_gguf(loaded.model, loaded.tokenizer, base_gguf,
+                                                verify_mod.EXACT_BLOCKS, text, lora=path)
+                _report(say, "adapter on its base", result)
+    if gguf:
+        from macft.export.writer import write_gguf
+
+        n = fuse_in_place(loaded.model)
+        written = write_gguf(loaded.model, loaded.config, loaded.tokenizer, gguf, quant,
+                             name=name, tokenizer_gguf=base_gguf)
+        fused = f", {n} adapter layers fused" if n else ""
+        say(f"wrote {written.path} ({quant}, {written.nbytes / 1e6:.1f} MB{fused})")
+        if verify:
+            limit = verify_mod.thresholds_for(written.types, written.rounded)
+            result = verify_mod.verify_gguf(loaded.model, loaded.tokenizer, written.path,
+                                            limit, text)
+            _report(say, f"{quant} vs MLX", result)
+    return 0
+
+
+def _report(say, what: str, result) -> None:
+    say(f"verified with llama.cpp ({what}):")
+    for line in result.lines():
+        say(f"  {line}")
