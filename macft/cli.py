@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", parents=[common], help="greedy answers + exact match on a data set")
     ev.add_argument("target", help="run folder or model")
-    ev.add_argument("--data", required=True, help="JSONL (chat or completions) to evaluate on")
+    ev.add_argument("--data", help="JSONL (chat or completions) to evaluate on")
+    ev.add_argument("--pairs", help="preference JSONL: report preference accuracy and margin")
     ev.add_argument("--out", help="write one JSON line per example here")
     ev.add_argument("--max-tokens", type=int, help="longest answer (default: recipe eval.max_tokens)")
     ev.add_argument("--batch-size", type=int, help="prompts generated together")
@@ -130,10 +131,24 @@ def cmd_eval(args) -> int:
     from macft.models.load import load_for_inference
     from macft.recipe import DataSpec, EvalSpec
 
-    if not Path(args.data).exists():
-        raise MacftError(f"{args.data}: file not found")
+    if not (args.data or args.pairs):
+        raise MacftError("eval needs --data FILE.jsonl or --pairs FILE.jsonl")
+    for path in (args.data, args.pairs):
+        if path and not Path(path).exists():
+            raise MacftError(f"{path}: file not found")
     loaded, recipe = load_for_inference(args.target, args.adapter)
     spec = recipe.data if recipe else DataSpec()
+    if args.pairs:
+        from macft.evaluation import evaluate_pairs
+
+        pairs = evaluate_pairs(loaded.model, loaded.tokenizer, args.pairs, spec,
+                               args.batch_size or 8,
+                               recipe is not None and recipe.method != "full")
+        _console(f"model: {args.target}  pairs: {args.pairs}")
+        for line in pairs.lines():
+            _console(line)
+        if not args.data:
+            return 0
     ev = recipe.eval if recipe else EvalSpec()
     max_tokens = args.max_tokens or ev.max_tokens
     batch = args.batch_size or ev.batch_size

@@ -88,3 +88,51 @@ def evaluate(model, tokenizer, path: str, spec: DataSpec, max_tokens: int, batch
                 "exact": pred.strip() == r.strip()}
                for p, r, pred in zip(prompts, references, predictions)]
     return Report(len(rows), exact, n_json, valid, equal, loss, records)
+
+
+@dataclass
+class PairReport:
+    pairs: int
+    accuracy: float          # share of pairs whose margin prefers chosen (ties count half)
+    mean_margin: float
+    against: str             # what the log-probs are compared with
+
+    def lines(self) -> list[str]:
+        return [f"pairs         {self.pairs}",
+                f"preference accuracy {self.accuracy:.1%}  (margin > 0; {self.against})",
+                f"mean margin   {self.mean_margin:.4f}"]
+
+
+def evaluate_pairs(model, tokenizer, path: str, spec: DataSpec, batch_size: int,
+                   has_adapters: bool) -> PairReport:
+    """Preference accuracy and mean margin on held-out pairs.
+
+    With adapters, the margin is DPO's implicit reward difference: the policy's log-ratio
+    against the base (the same model with its adapters switched off), chosen minus rejected.
+    Without adapters there is no reference; the margin is then the difference of the mean
+    per-token log-probabilities (length-normalised, so a shorter answer is not favoured just
+    for having fewer tokens).
+    """
+    import numpy as np
+
+    from macft.data import load_rows
+    from macft.data.preference import PairBatcher, encode_pairs
+    from macft.models.adapters import disabled
+    from macft.train.loop import pad_id
+    from macft.train.objectives import reference_logps
+
+    pairs = encode_pairs(load_rows(path), tokenizer, spec, path).pairs
+    batcher = PairBatcher(pairs, batch_size, 0, shuffle=False, pad_id=pad_id(tokenizer))
+    pc, pr = reference_logps(model, batcher)
+    nc = np.array([max(sum(p.chosen.mask), 1) for p in pairs], dtype=np.float32)
+    nr = np.array([max(sum(p.rejected.mask), 1) for p in pairs], dtype=np.float32)
+    margin = pc / nc - pr / nr
+    against = "mean per-token log-probs, no reference"
+    if has_adapters:
+        margin = pc - pr
+        with disabled(model):
+            rc, rr = reference_logps(model, batcher)
+        margin = margin - (rc - rr)
+        against = "log-ratio vs the base model"
+    accuracy = float(np.mean((margin > 0) + 0.5 * (margin == 0)))
+    return PairReport(len(pairs), accuracy, float(np.mean(margin)), against)

@@ -262,3 +262,32 @@ stages:
     steps = [e["step"] for e in read_metrics(run / "stage-2-dpo" / "metrics.jsonl")
              if e["event"] == "Step"]
     assert steps == [1, 2, 3, 4, 5, 4, 5, 6, 7, 8]   # killed after 5, resumed from 3
+
+
+def test_disabled_adapters_give_the_base_model(prefdir):
+    from macft.models.adapters import disabled
+    from macft.models.load import load_base, load_for_inference
+
+    train(pref_recipe(prefdir, "run-off", "dpo", steps=3), [])
+    tuned, _ = load_for_inference(str(prefdir / "run-off"))
+    base = load_base(str(prefdir / "model")).model
+    ids = mx.array([[1, 5, 9, 22, 41]])
+    assert mx.abs(tuned.model(ids) - base(ids)).max().item() > 1e-3
+    with disabled(tuned.model):
+        assert mx.abs(tuned.model(ids) - base(ids)).max().item() < 1e-5
+    assert mx.abs(tuned.model(ids) - base(ids)).max().item() > 1e-3   # switched back on
+
+
+def test_eval_pairs_reports_accuracy_and_margin(prefdir, capsys):
+    from macft.cli import main
+
+    train(pref_recipe(prefdir, "run-evalpairs", "dpo"), [])
+    assert main(["eval", str(prefdir / "run-evalpairs"), "--pairs",
+                 str(prefdir / "valid.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "pairs         8" in out
+    assert "preference accuracy 100.0%  (margin > 0; log-ratio vs the base model)" in out
+    margin = float(out.split("mean margin")[1].split()[0])
+    assert margin > 0
+    assert main(["eval", str(prefdir / "model"), "--pairs", str(prefdir / "valid.jsonl")]) == 0
+    assert "no reference" in capsys.readouterr().out

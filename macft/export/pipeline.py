@@ -13,13 +13,27 @@ def _name(target: str, loaded) -> str:
     return path.stem if path.suffix == ".gguf" else path.name or "macft"
 
 
+def fuse_to_float(model) -> int:
+    """Fuse LoRA/DoRA layers into float linears, even over a quantized base.
+
+    ``models.fuse.fuse_in_place`` re-quantizes a fused layer to the base's MLX format; here the
+    float result goes straight into the GGUF type instead, so it is rounded once, not twice.
+    """
+    from mlx.utils import tree_unflatten
+
+    fused = [(name, m.fuse(dequantize=True)) for name, m in model.named_modules()
+             if hasattr(m, "fuse") and hasattr(m, "lora_a")]
+    if fused:
+        model.update_modules(tree_unflatten(fused))
+    return len(fused)
+
+
 def export(target: str, gguf: str | None = None, quant: str = "f16",
            adapter_gguf: str | None = None, verify: bool = False, verify_text: str | None = None,
            say: Callable[[str], None] = print) -> int:
     """Write the fused model (``gguf``) and/or the LoRA adapter alone (``adapter_gguf``)."""
     from macft.export import verify as verify_mod
     from macft.export.quant_plan import QUANTS
-    from macft.models.fuse import fuse_in_place
     from macft.models.load import is_run_dir, load_for_inference
 
     if not gguf and not adapter_gguf:
@@ -58,7 +72,7 @@ def export(target: str, gguf: str | None = None, quant: str = "f16",
     if gguf:
         from macft.export.writer import write_gguf
 
-        n = fuse_in_place(loaded.model)
+        n = fuse_to_float(loaded.model)
         written = write_gguf(loaded.model, loaded.config, loaded.tokenizer, gguf, quant,
                              name=name, tokenizer_gguf=base_gguf)
         fused = f", {n} adapter layers fused" if n else ""

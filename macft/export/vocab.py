@@ -62,8 +62,8 @@ def add_hf_tokenizer(w: gguf.GGUFWriter, tokenizer, n_vocab: int) -> None:
         w.add_tokenizer_model("llama")
         w.add_tokenizer_pre("default")
         for i, t in enumerate(tokens):
-            if types[i] == NORMAL and len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
-                types[i] = BYTE
+            if len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
+                types[i] = BYTE                      # byte-fallback pieces, added or not
         w.add_token_list(tokens)
         w.add_token_scores(_scores(tokens, types, _merges(model)))
         w.add_token_types(types)
@@ -90,7 +90,7 @@ def _token_table(tok, spec: dict, n_vocab: int) -> tuple[list[str], list[int]]:
         if i < n_vocab:
             types[i] = CONTROL if added.get("special") else USER_DEFINED
     unk = spec["model"].get("unk_token")
-    if unk in vocab and types[vocab[unk]] == NORMAL:
+    if unk in vocab:
         types[vocab[unk]] = UNKNOWN
     return tokens, types
 

@@ -6,6 +6,7 @@ Adapters use mlx-lm's own LoRA/DoRA layers and file format (``adapters.safetenso
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -132,3 +133,31 @@ def load_adapter_weights(model: nn.Module, folder: Path) -> None:
         raise MacftError(f"{path}: adapter weights not found")
     model.load_weights(str(path), strict=False)
     mx.eval(model.parameters())
+
+
+_BYPASS: dict[type, type] = {}
+
+
+def _bypass_class(cls: type) -> type:
+    if cls not in _BYPASS:
+        _BYPASS[cls] = type(f"Bypassed{cls.__name__}", (cls,),
+                            {"__call__": lambda self, x: self.linear(x)})
+    return _BYPASS[cls]
+
+
+@contextlib.contextmanager
+def disabled(model: nn.Module):
+    """Within this block the adapters are switched off: the model computes its base.
+
+    Used for the reference of preference evaluation, without a second copy of the weights.
+    """
+    swapped = []
+    for _, module in model.named_modules():
+        if hasattr(module, "lora_a") and hasattr(module, "linear"):
+            swapped.append((module, type(module)))
+            module.__class__ = _bypass_class(type(module))
+    try:
+        yield model
+    finally:
+        for module, cls in swapped:
+            module.__class__ = cls
