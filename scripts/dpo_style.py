@@ -2,8 +2,10 @@
 
     python scripts/dpo_style.py runs/dpo-quickstart [--data data/dpo/test.jsonl] [--limit 60]
 
-Prints, for each model, the mean answer length in words and the share of answers that open
-with filler ("Great question", "Sure", "Certainly", ...), then a few answers side by side.
+Prints, for each model, the mean answer length in words, the share of answers that open with
+filler ("Great question", "Sure", "Certainly", ...), the share that open the way the chosen
+answer does (its first three words) and the share that are exactly the chosen answer, then a
+few answers side by side.
 """
 
 from __future__ import annotations
@@ -26,10 +28,13 @@ def answers(target: str, prompts: list[str], system: str | None) -> list[str]:
     return greedy(loaded.model, loaded.tokenizer, ids, 64, batch_size=len(ids))
 
 
-def describe(texts: list[str]) -> tuple[float, float]:
-    words = sum(len(t.split()) for t in texts) / len(texts)
-    filler = sum(bool(FILLER.match(t)) for t in texts) / len(texts)
-    return words, filler
+def describe(texts: list[str], chosen: list[str]) -> tuple[float, float, float, float]:
+    n = len(texts)
+    words = sum(len(t.split()) for t in texts) / n
+    filler = sum(bool(FILLER.match(t)) for t in texts) / n
+    opens = sum(t.split()[:3] == c.split()[:3] for t, c in zip(texts, chosen)) / n
+    exact = sum(t.strip() == c.strip() for t, c in zip(texts, chosen)) / n
+    return words, filler, opens, exact
 
 
 def main() -> None:
@@ -42,14 +47,17 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=60)
     args = ap.parse_args()
     recipe = recipe_mod.load(f"{args.run}/recipe.yaml")
-    prompts = [r.data["prompt"] for r in load_rows(args.data)[:args.limit]]
+    rows = load_rows(args.data)[:args.limit]
+    prompts = [r.data["prompt"] for r in rows]
+    chosen = [r.data["chosen"] for r in rows]
     base = answers(recipe.model.path, prompts, recipe.data.system_prompt)
     tuned = answers(args.run, prompts, recipe.data.system_prompt)
     print(f"{len(prompts)} held-out prompts from {args.data}")
-    print(f"{'model':<32}{'mean words':>12}{'filler opening':>16}")
+    print(f"{'model':<28}{'mean words':>11}{'filler start':>14}{'opens like chosen':>19}"
+          f"{'= chosen':>10}")
     for name, texts in ((recipe.model.path, base), (args.run, tuned)):
-        words, filler = describe(texts)
-        print(f"{name:<32}{words:>12.1f}{filler:>16.0%}")
+        words, filler, opens, exact = describe(texts, chosen)
+        print(f"{name:<28}{words:>11.1f}{filler:>14.0%}{opens:>19.0%}{exact:>10.0%}")
     for p, b, t in list(zip(prompts, base, tuned))[:3]:
         print(f"\nQ: {p}\n  base:  {b.strip()[:150]}\n  tuned: {t.strip()[:150]}")
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # bash scripts/tui_tmux_check.sh [WORK_DIR]
+# QUICKSTART=1 bash scripts/tui_tmux_check.sh    # the real quickstart recipe (SmolLM2, slower)
 #
 # Opens `macft tui` in a tmux pane (100x30) the way a new user would: a project folder with a
 # tiny model, a little data and one recipe. With keys it opens the recipe, starts the run, and
@@ -20,6 +21,14 @@ if ! command -v tmux >/dev/null; then
     fi
 fi
 
+if [ -n "${QUICKSTART:-}" ]; then
+    # A project folder holding only the quickstart recipe and its data, as a new user has.
+    RUN=quickstart; ADVANCE=1; WAIT=300
+    mkdir -p "$WORK/recipes" "$WORK/data"
+    cp "$ROOT/recipes/quickstart.yaml" "$WORK/recipes/"
+    cp -r "$ROOT/data/quickstart" "$WORK/data/"
+else
+RUN=tiny; ADVANCE=2; WAIT=60
 # The project: model/, train.jsonl, valid.jsonl, recipes/tiny.yaml.
 PYTHONPATH="$ROOT/tests" "$PY" - "$WORK" <<'PYEOF'
 import json, sys
@@ -42,6 +51,7 @@ for name, n in (("train.jsonl", 24), ("valid.jsonl", 6)):
     "data: {train: train.jsonl, valid: valid.jsonl, max_length: 64}\n"
     "train: {steps: 300, batch_size: 2, learning_rate: 0.01, eval_every: 50, save_every: 0}\n")
 PYEOF
+fi
 
 SOCK="macft-check-$$"
 T="tmux -L $SOCK"
@@ -62,22 +72,22 @@ wait_for() {  # wait_for PATTERN SECONDS
     done
 }
 
-step_of() { screen | grep -o 'step [0-9]*/300' | head -1 | grep -o '[0-9]*' | head -1; }
+step_of() { screen | grep -o 'step [0-9]*/[0-9]*' | head -1 | grep -o '[0-9]*' | head -1; }
 chart_of() { screen | sed -n '/loss .*train/,/└step 1/p'; }
 
 wait_for "Recipes" 60
-wait_for "tiny" 10
-$T send-keys -t tui Enter            # the first recipe: tiny (the project's own come first)
+wait_for "$RUN" 10
+$T send-keys -t tui Enter            # the first recipe: the project's own come first
 wait_for "save as" 20
 $T send-keys -t tui C-r              # start the run
-wait_for "running   step [1-9]" 90
+wait_for "running   step [1-9]" $((WAIT + 30))
 
 first_step=$(step_of); first_chart=$(chart_of)
-deadline=$((SECONDS + 60))
+deadline=$((SECONDS + WAIT))
 while :; do
     sleep 1
     step=$(step_of); chart=$(chart_of)
-    if [ "${step:-0}" -gt "$((first_step + 2))" ] && [ "$chart" != "$first_chart" ]; then
+    if [ "${step:-0}" -ge "$((first_step + ADVANCE))" ] && [ "$chart" != "$first_chart" ]; then
         break
     fi
     [ $SECONDS -lt $deadline ] || { echo "the run did not advance"; screen; exit 1; }
@@ -86,9 +96,9 @@ echo "step $first_step -> $step; chart moved"
 echo "$chart"
 
 $T send-keys -t tui s                # stop: the loop writes a checkpoint
-wait_for "stopped   step" 60
+wait_for "stopped   step" $WAIT
 stopped=$(step_of)
-latest=$(cat "$WORK/runs/tiny/checkpoints/latest")
+latest=$(cat "$WORK/runs/$RUN/checkpoints/latest")
 if [ "$latest" != "$(printf 'step-%07d' "$stopped")" ]; then
     echo "the latest checkpoint is $latest but the run stopped at step $stopped"; exit 1
 fi

@@ -18,7 +18,6 @@ import macft  # noqa: F401  (loads OpenBLAS before mlx)
 import gguf
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
 from mlx_lm.utils import _get_classes
 
 from conftest import TINY_LLAMA, make_tokenizer, write_tiny_model
@@ -45,10 +44,18 @@ ARCHS = {
     "qwen3": dict(TINY_LLAMA, model_type="qwen3", hidden_size=256, intermediate_size=512,
                   head_dim=32, tie_word_embeddings=False),
 }
+# Exported but not importable by macft (checked by llama.cpp in test_export_llamacpp.py).
+EXPORT_ONLY = {
+    "qwen3_moe": dict(TINY_LLAMA, model_type="qwen3_moe", hidden_size=256, intermediate_size=512,
+                      head_dim=64, tie_word_embeddings=False, num_experts=4,
+                      num_experts_per_tok=2, moe_intermediate_size=256, decoder_sparse_step=1,
+                      mlp_only_layers=[], norm_topk_prob=True),
+}
+ALL_ARCHS = {**ARCHS, **EXPORT_ONLY}
 
 
 def tiny(arch: str, seed: int = 0, **extra):
-    cfg = dict(ARCHS[arch], **extra)
+    cfg = dict(ALL_ARCHS[arch], **extra)
     mx.random.seed(seed)
     model_cls, args_cls = _get_classes(cfg)
     model = model_cls(args_cls.from_dict(cfg))
@@ -108,7 +115,7 @@ def golden_text(arch: str, files: dict[str, Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("arch", list(ALL_ARCHS))
 def test_golden_tensor_table_and_metadata(tmp_path, arch):
     model, cfg = tiny(arch)
     tok = make_tokenizer(cfg["vocab_size"])
@@ -413,3 +420,118 @@ def test_chat_and_verify_reject_broken_files_in_one_line(tmp_path, capsys):
         assert main(["chat", str(tmp_path / name), "--prompt", "hi"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and words in err and name in err, err
+
+
+# --------------------------------------------------------------------------------------------
+# SentencePiece-style vocabularies (Llama 2, Mistral <= v0.3)
+
+
+def make_spm_tokenizer():
+    """A byte-fallback BPE with the ▁ word marker, as HF stores Llama 2/Mistral tokenizers."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from conftest import CHATML, CORPUS
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
+                                           normalizers.Replace(" ", "▁")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    tok.train_from_iterator(CORPUS * 20, trainer=trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", add_bos_token=True, chat_template=CHATML)
+
+
+def test_sentencepiece_vocabulary_round_trips_through_the_importer(tmp_path):
+    from macft.models.gguf_tokenizer import read_gguf_tokenizer
+
+    spm = make_spm_tokenizer()
+    model, cfg = tiny("mistral", vocab_size=400)
+    path = write_gguf(model, cfg, spm, tmp_path / "spm.gguf", "f16").path
+    md = read_header(path).metadata
+    assert md["tokenizer.ggml.model"] == "llama" and md["tokenizer.ggml.add_bos_token"]
+    types = md["tokenizer.ggml.token_type"]
+    assert types[0] == 2 and list(types[1:3]) == [3, 3] and set(types[3:259]) == {6}
+    again = read_gguf_tokenizer(md)
+    for text in ["hello world!", "The quick brown fox jumps over the lazy dog 42.",
+                 "what is the answer? é ü 😀", '{"name": "Ada"}']:
+        assert again.encode(text) == spm.encode(text), text
+
+
+# --------------------------------------------------------------------------------------------
+# A run folder: adapters fused into the exported model, or exported alone
+
+
+def make_run(tmp_path: Path, config: dict | None = None, method: str = "lora") -> Path:
+    """A run folder as training leaves it: recipe.yaml plus adapters with non-zero B."""
+    from macft import recipe as recipe_mod
+    from macft.models import adapters
+    from macft.models.load import load_base
+
+    folder = write_tiny_model(tmp_path / "base", config)
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "hello world"}\n')
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text(
+        f"model: {folder}\nmethod: {method}\ndata:\n  train: {data}\n"
+        f"lora:\n  rank: 4\n  alpha: 8\n  targets: [q_proj, k_proj, down_proj]\n"
+        f"output: {run}\n")
+    recipe = recipe_mod.load(run / "recipe.yaml")
+    loaded = load_base(str(folder))
+    config_out = adapters.prepare(loaded.model, recipe, recipe.train.seed)
+    for _, m in loaded.model.named_modules():
+        if hasattr(m, "lora_b"):
+            m.lora_b = mx.random.normal(m.lora_b.shape) * 0.05
+    adapters.save_adapters(loaded.model, run, config_out)
+    return run
+
+
+def test_run_export_fuses_adapters_and_writes_the_adapter_alone(tmp_path, capsys):
+    from macft.models.load import load_for_inference
+
+    run = make_run(tmp_path)
+    out, lora = tmp_path / "fused.gguf", tmp_path / "lora.gguf"
+    assert main(["export", str(run), "--gguf", str(out), "--quant", "f32",
+                 "--gguf-adapter", str(lora)]) == 0
+    said = capsys.readouterr().out
+    assert "6 adapter layers fused" in said and "wrote LoRA adapter" in said
+    tuned, _ = load_for_inference(str(run))
+    reloaded, _, _ = load_gguf(out)
+    assert np.abs(logits_of(reloaded) - logits_of(tuned.model)).max() < 1e-4
+    md = read_header(lora).metadata
+    assert md["adapter.lora.alpha"] == 8.0 and md["general.type"] == "adapter"
+    assert len(read_header(lora).tensors) == 2 * 3 * 2
+
+
+def test_run_export_of_a_dora_adapter_alone_is_refused(tmp_path, capsys):
+    run = make_run(tmp_path, method="dora")
+    assert main(["export", str(run), "--gguf-adapter", str(tmp_path / "a.gguf")]) == 2
+    assert "DoRA adapters have no llama.cpp LoRA equivalent" in capsys.readouterr().err
+
+
+def test_chat_repl_keeps_history_and_resets(monkeypatch, tmp_path):
+    from macft.export import chat as chat_mod
+
+    seen = []
+
+    class FakeLlama:                     # stands in for llama_cpp.Llama: records each request
+        def create_chat_completion(self, messages, max_tokens, temperature, stream):
+            seen.append([m["content"] for m in messages])
+            yield {"choices": [{"delta": {"role": "assistant"}}]}
+            yield {"choices": [{"delta": {"content": f"reply{len(seen)}"}}]}
+
+    monkeypatch.setattr(chat_mod.llamacpp, "open_gguf", lambda *a, **k: FakeLlama())
+    lines, shown = iter(["hi", "more", "/reset", "again", "/exit"]), []
+    assert chat_mod.chat(tmp_path / "m.gguf", system="be brief", read=lambda _: next(lines),
+                         emit=shown.append) == 0
+    assert seen == [["be brief", "hi"], ["be brief", "hi", "reply1", "more"],
+                    ["be brief", "again"]]
+    assert "".join(shown[1:]) == "reply1\nreply2\nreply3\n"
+    shown.clear()
+    assert chat_mod.chat(tmp_path / "m.gguf", prompt="one shot", emit=shown.append) == 0
+    assert seen[-1] == ["one shot"] and "".join(shown) == "reply4\n"

@@ -11,7 +11,8 @@ import gguf
 from macft.errors import MacftError
 
 # mlx-lm model_type -> llama.cpp architecture. Mistral (<= v0.3) is a llama in GGUF.
-ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
+                 "qwen3_moe": "qwen3moe"}
 
 
 def gguf_architecture(config: dict) -> str:
@@ -52,12 +53,25 @@ def add_model_metadata(w: gguf.GGUFWriter, config: dict, name: str, file_type: i
     w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
     w.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
     w.add_rope_dimension_count(dim)
-    if dim != config["hidden_size"] // heads or config["model_type"] == "qwen3":
+    if dim != config["hidden_size"] // heads or config["model_type"] in ("qwen3", "qwen3_moe"):
         # Without these llama.cpp derives the head size from hidden/heads and fails on shapes.
         w.add_key_length(dim)
         w.add_value_length(dim)
     w.add_vocab_size(int(config["vocab_size"]))
     _add_rope_scaling(w, config)
+    if config["model_type"] == "qwen3_moe":
+        _add_experts(w, config)
+
+
+def _add_experts(w: gguf.GGUFWriter, config: dict) -> None:
+    # llama.cpp's qwen3moe always renormalizes the top-k router weights and has no dense layers.
+    if not config.get("norm_topk_prob", True) or config.get("mlp_only_layers") \
+            or int(config.get("decoder_sparse_step", 1)) != 1:
+        raise MacftError("GGUF export: qwen3_moe with dense layers or unnormalized top-k "
+                         "routing is not supported by llama.cpp's qwen3moe")
+    w.add_expert_count(int(config["num_experts"]))
+    w.add_expert_used_count(int(config["num_experts_per_tok"]))
+    w.add_expert_feed_forward_length(int(config["moe_intermediate_size"]))
 
 
 def _add_rope_scaling(w: gguf.GGUFWriter, config: dict) -> None:

@@ -58,12 +58,13 @@ def use_more_bits(layer: int, n_layers: int) -> bool:
 def tensor_type(quant: Quant, name: str, shape: tuple[int, ...], n_layers: int,
                 tied: bool) -> GGMLQuantizationType:
     """The GGUF type of tensor ``name`` (GGUF naming) with numpy ``shape``."""
-    if len(shape) < 2 or not name.endswith(".weight"):
-        return T.F32
     parts = name.split(".")
+    if len(shape) < 2 or not name.endswith(".weight") or parts[-2] == "ffn_gate_inp":
+        return T.F32                                 # llama.cpp never quantizes MoE routers
     if name == "output.weight" or (tied and name == "token_embd.weight"):
         qtype = quant.output
-    elif quant.more_bits and parts[0] == "blk" and parts[2] in ("attn_v", "ffn_down") \
+    elif quant.more_bits and parts[0] == "blk" and parts[2] in ("attn_v", "ffn_down",
+                                                                "ffn_down_exps") \
             and use_more_bits(int(parts[1]), n_layers):
         qtype = quant.more_bits
     else:

@@ -216,7 +216,8 @@ def affine_exact(weight, scales, biases, bits: int, group_size: int, qtype: T):
     if qtype == T.Q8_0 and not np.array_equal(_f16(biases), _f16(scales) * np.float16(-128)):
         return None
     codes = _codes(np.asarray(weight), bits)
-    rows, cols = codes.shape[0], codes.shape[-1]
+    lead, cols = codes.shape[:-1], codes.shape[-1]
+    rows = int(np.prod(lead))                      # stacked experts: (experts, out) rows
     blocks = codes.reshape(rows * cols // 32, 32)
     repeat = group_size // 32
     d = _f16(np.repeat(scales.reshape(rows, -1), repeat, axis=1).reshape(-1, 1)).view(np.uint8)
@@ -230,4 +231,4 @@ def affine_exact(weight, scales, biases, bits: int, group_size: int, qtype: T):
             parts.append(_f16(np.repeat(biases.reshape(rows, -1), repeat, axis=1)
                               .reshape(-1, 1)).view(np.uint8))
         out = np.concatenate(parts + [qs], axis=1)
-    return out.reshape(rows, -1)
+    return out.reshape(*lead, -1)

@@ -43,14 +43,16 @@ class Thresholds:
     ppl: float           # maximum relative perplexity difference
 
     def describe(self) -> str:
-        return f"top-1 >= {self.top1:.2f}, KL <= {self.kl:g}, perplexity within {self.ppl:.0%}"
+        return f"top-1 >= {self.top1:.2f}, KL <= {self.kl:g}, perplexity within {self.ppl:.1%}"
 
 
-FLOAT = Thresholds(0.98, 0.01, 0.01)          # f32/f16/bf16, no rounding of quantized blocks
-EXACT_BLOCKS = Thresholds(0.95, 0.02, 0.02)   # q8_0 or blocks copied exactly (llama.cpp's dot
-                                              # products round activations to 8 bits)
-FIVE_SIX_BITS = Thresholds(0.85, 0.05, 0.05)
-FOUR_BITS = Thresholds(0.70, 0.15, 0.15)
+# Measured on SmolLM2-135M and held-out prose (perplexity ~41, so many near-ties): f16 top-1
+# 1.00, KL 4e-6; q8_0 0.955, 4e-3; q4_1 copied exactly 0.98, 3e-3 (llama.cpp's dot products
+# round activations to 8 bits). A Q/K permutation bug gives top-1 ~0.25 and KL of nats.
+FLOAT = Thresholds(0.98, 0.01, 0.01)          # f32/f16/bf16
+EXACT_BLOCKS = Thresholds(0.90, 0.02, 0.02)   # q8_0, or quantized blocks copied exactly
+FIVE_SIX_BITS = Thresholds(0.80, 0.05, 0.05)
+FOUR_BITS = Thresholds(0.65, 0.15, 0.15)
 
 _FOUR = {"Q4_0", "Q4_1", "Q4_K", "Q3_K", "Q2_K"}
 _FIVE_SIX = {"Q5_0", "Q5_1", "Q5_K", "Q6_K"}
@@ -98,7 +100,7 @@ class Comparison:
         if not self.kl <= limit.kl:
             out.append(f"KL {self.kl:.3g} > {limit.kl:g}")
         if not self.ppl_diff <= limit.ppl:
-            out.append(f"perplexity {self.ppl_diff:.2%} apart > {limit.ppl:.0%}")
+            out.append(f"perplexity {self.ppl_diff:.2%} apart > {limit.ppl:.1%}")
         return out
 
 
@@ -108,17 +110,20 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
+def perplexity(logits: np.ndarray, ids: list[int]) -> float:
+    """exp(mean NLL) of ids[1:] under the logits at positions 0..n-2."""
+    logp = _log_softmax(logits[:-1])
+    return float(np.exp(-logp[np.arange(len(ids) - 1), ids[1:]].mean()))
+
+
 def compare_logits(mlx_logits: np.ndarray, llama_logits: np.ndarray, ids: list[int],
                    tokens_match: bool | None = None) -> Comparison:
     """Metrics over positions 0..n-2 (each predicts the next id)."""
     p, q = _log_softmax(mlx_logits[:-1]), _log_softmax(llama_logits[:-1])
-    targets = np.asarray(ids[1:])
-    rows = np.arange(len(targets))
     top1 = float((p.argmax(-1) == q.argmax(-1)).mean())
     kl = float((np.exp(p) * (p - q)).sum(-1).mean())
-    ppl_mlx = float(np.exp(-p[rows, targets].mean()))
-    ppl_llama = float(np.exp(-q[rows, targets].mean()))
-    return Comparison(len(targets), top1, kl, ppl_mlx, ppl_llama, tokens_match)
+    return Comparison(len(ids) - 1, top1, kl, perplexity(mlx_logits, ids),
+                      perplexity(llama_logits, ids), tokens_match)
 
 
 def mlx_logits(model, ids: list[int]) -> np.ndarray:
@@ -141,14 +146,20 @@ def held_out_ids(tokenizer, text: str, max_tokens: int) -> list[int]:
 
 def verify_gguf(model, tokenizer, path: str | Path, limit: Thresholds,
                 text: str = HELD_OUT, max_tokens: int = 512, lora: str | Path | None = None,
-                llm=None) -> Comparison:
-    """Compare ``path`` in llama.cpp with ``model`` in MLX; raise MacftError beyond ``limit``."""
-    ids = held_out_ids(tokenizer, text, max_tokens)
-    if llm is None:
-        llm = llamacpp.open_gguf(path, n_ctx=max(len(ids) + 16, 64), logits_all=True, lora=lora)
-    theirs = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)[:max_tokens]
-    result = compare_logits(mlx_logits(model, ids), llama_logits(llm, ids), ids,
-                            tokens_match=list(theirs) == ids)
+                ids: list[int] | None = None) -> Comparison:
+    """Compare ``path`` in llama.cpp with ``model`` in MLX; raise MacftError beyond ``limit``.
+
+    ``ids`` replaces the tokenized ``text`` (then the tokenizers are not compared).
+    """
+    from_text = ids is None
+    if from_text:
+        ids = held_out_ids(tokenizer, text, max_tokens)
+    llm = llamacpp.open_gguf(path, n_ctx=max(len(ids) + 16, 64), logits_all=True, lora=lora)
+    tokens_match = None
+    if from_text:
+        theirs = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)[:max_tokens]
+        tokens_match = list(theirs) == ids
+    result = compare_logits(mlx_logits(model, ids), llama_logits(llm, ids), ids, tokens_match)
     failed = result.failures(limit)
     if failed:
         raise MacftError(f"{Path(path).name}: llama.cpp disagrees with MLX: {'; '.join(failed)} "

@@ -55,7 +55,9 @@ def _source_tensors(model: nn.Module):
     for key, value in params.items():
         path, _, leaf = key.rpartition(".")
         module = modules.get(path)
-        if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)) and leaf != "bias":
+        # Quantized linears, embeddings and mlx-lm's stacked-expert QuantizedSwitchLinear.
+        if module is not None and "scales" in module and hasattr(module, "bits") \
+                and leaf != "bias":
             if leaf != "weight":
                 continue                               # scales/biases travel with their weight
             parts = (value, module["scales"], module.get("biases"), module.bits,
