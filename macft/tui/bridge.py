@@ -18,6 +18,14 @@ from textual.message import Message
 from macft.events import Event, Failed, Finished, Step
 
 
+class StatusLine(Message):
+    """A one-line status (or error) from a screen's worker thread."""
+
+    def __init__(self, text: str, error: bool = False):
+        super().__init__()
+        self.text, self.error = text, error
+
+
 class RunEvents(Message):
     """Engine events of one run, in the order the loop emitted them."""
 

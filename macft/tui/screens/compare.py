@@ -9,8 +9,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
+
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static
+
+from macft.tui.bridge import StatusLine
 
 
 class CompareScreen(Screen):
@@ -21,10 +24,8 @@ class CompareScreen(Screen):
             super().__init__()
             self.side, self.text = side, text
 
-    class Status(Message):
-        def __init__(self, text: str, error: bool = False):
-            super().__init__()
-            self.text, self.error = text, error
+    class Status(StatusLine):
+        pass
 
     def __init__(self, run_dir: Path):
         super().__init__()

@@ -8,9 +8,10 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Header, Input, Label, Static
+
+from macft.tui.bridge import StatusLine
 
 GGUF_PLACEHOLDER = ("GGUF export arrives with the GGUF issue: it is not in this build yet. "
                     "Until then, fuse to a folder and convert it with llama.cpp's "
@@ -20,10 +21,8 @@ GGUF_PLACEHOLDER = ("GGUF export arrives with the GGUF issue: it is not in this 
 class ExportScreen(Screen):
     BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
 
-    class Done(Message):
-        def __init__(self, text: str, error: bool = False):
-            super().__init__()
-            self.text, self.error = text, error
+    class Done(StatusLine):
+        pass
 
     def __init__(self, run_dir: Path):
         super().__init__()
