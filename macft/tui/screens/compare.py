@@ -9,7 +9,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
-
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static
 
