@@ -146,3 +146,10 @@ def test_every_shipped_recipe_loads_and_names_its_command():
         for key in ("train", "valid", "test"):
             value = getattr(r.data, key)
             assert value is None or (ROOT / value).exists(), (path, key)
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("Set up and run the tests")[1].split("```sh\n")[1].split("\n```")[0]
+    assert block.startswith("python3 -m venv .venv") and block.endswith("python -m pytest -q")
+    assert block in (ROOT / ".ci" / "run").read_text().splitlines()
