@@ -20,8 +20,8 @@ import macft  # noqa: F401  (loads OpenBLAS before mlx)
 import mlx.core as mx
 
 llama_cpp = pytest.importorskip(
-    "llama_cpp", reason="llama-cpp-python is not installed (pip install 'macft[gguf]'); "
-    "the llama.cpp checks need it")
+    "llama_cpp", reason="llama-cpp-python is not importable (pip install 'macft[gguf]'); "
+    "the llama.cpp checks need it", exc_type=ImportError)
 
 from conftest import make_tokenizer, write_tiny_model  # noqa: E402
 from test_export_gguf import ALL_ARCHS as ARCHS, tiny  # noqa: E402

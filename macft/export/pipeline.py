@@ -13,21 +13,6 @@ def _name(target: str, loaded) -> str:
     return path.stem if path.suffix == ".gguf" else path.name or "macft"
 
 
-def fuse_to_float(model) -> int:
-    """Fuse LoRA/DoRA layers into float linears, even over a quantized base.
-
-    ``models.fuse.fuse_in_place`` re-quantizes a fused layer to the base's MLX format; here the
-    float result goes straight into the GGUF type instead, so it is rounded once, not twice.
-    """
-    from mlx.utils import tree_unflatten
-
-    fused = [(name, m.fuse(dequantize=True)) for name, m in model.named_modules()
-             if hasattr(m, "fuse") and hasattr(m, "lora_a")]
-    if fused:
-        model.update_modules(tree_unflatten(fused))
-    return len(fused)
-
-
 def export(target: str, gguf: str | None = None, quant: str = "f16",
            adapter_gguf: str | None = None, verify: bool = False, verify_text: str | None = None,
            say: Callable[[str], None] = print) -> int:
@@ -71,8 +56,9 @@ def export(target: str, gguf: str | None = None, quant: str = "f16",
                 _report(say, "adapter on its base", result)
     if gguf:
         from macft.export.writer import write_gguf
+        from macft.models.fuse import fuse_in_place
 
-        n = fuse_to_float(loaded.model)
+        n = fuse_in_place(loaded.model, dequantize=True)  # rounded once, into the GGUF type
         written = write_gguf(loaded.model, loaded.config, loaded.tokenizer, gguf, quant,
                              name=name, tokenizer_gguf=base_gguf)
         fused = f", {n} adapter layers fused" if n else ""

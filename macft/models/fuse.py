@@ -11,9 +11,13 @@ from mlx.utils import tree_unflatten
 from macft.errors import MacftError
 
 
-def fuse_in_place(model: nn.Module) -> int:
-    """Replace every LoRA/DoRA layer by its fused linear; return how many were fused."""
-    fused = [(name, module.fuse(dequantize=False)) for name, module in model.named_modules()
+def fuse_in_place(model: nn.Module, dequantize: bool = False) -> int:
+    """Replace every LoRA/DoRA layer by its fused linear; return how many were fused.
+
+    Over a quantized base the fused layer is re-quantized to the base's format, unless
+    ``dequantize`` (GGUF export rounds the float result once, straight into its own type).
+    """
+    fused = [(name, module.fuse(dequantize=dequantize)) for name, module in model.named_modules()
              if hasattr(module, "fuse") and hasattr(module, "lora_a")]
     if fused:
         model.update_modules(tree_unflatten(fused))
