@@ -82,47 +82,41 @@ def load_pairs(recipe: Recipe, tokenizer) -> DataBundle:
     return DataBundle(train, valid, stats, [])
 
 
-def load_data(recipe: Recipe, tokenizer) -> DataBundle:
+def load_sequences(recipe: Recipe, tokenizer) -> DataBundle:
     from macft.data import Batcher, encode_rows, load_rows, make_sequences
 
     spec = recipe.data
-    if not spec.train:
-        raise MacftError("recipe: key 'data.train' is required")
-    if recipe.objective != "sft":
-        bundle = load_pairs(recipe, tokenizer)
-        from macft.generation import chat_prompt
-
-        bundle.sample_prompts = [chat_prompt(tokenizer, p, spec.system_prompt)
-                                 for p in recipe.train.sample_prompts]
-        return bundle
     train_set = encode_rows(load_rows(spec.train), tokenizer, spec, spec.train)
     if not train_set.examples:
         raise MacftError(f"{spec.train}: no usable examples after tokenization "
-                         f"({train_set.stats})")
+                         f"({train_set.stats.summary()})")
     pad = pad_id(tokenizer)
     train = Batcher(make_sequences(train_set.examples, spec.max_length, spec.packing),
                     recipe.train.batch_size, recipe.train.seed, pad_id=pad)
     valid = None
-    stats = {"train": _stats_text(train_set.stats)}
+    stats = {"train": train_set.stats.summary()}
     if spec.valid:
         valid_set = encode_rows(load_rows(spec.valid), tokenizer, spec, spec.valid)
         if valid_set.examples:
             valid = Batcher(make_sequences(valid_set.examples, spec.max_length, False),
                             recipe.train.batch_size, recipe.train.seed, shuffle=False,
                             pad_id=pad)
-        stats["valid"] = _stats_text(valid_set.stats)
+        stats["valid"] = valid_set.stats.summary()
+    return DataBundle(train, valid, stats, [])
+
+
+def load_data(recipe: Recipe, tokenizer) -> DataBundle:
+    """Batches for the recipe's objective, plus its sample prompts rendered for the model."""
     from macft.generation import chat_prompt
 
-    prompts = [chat_prompt(tokenizer, p, spec.system_prompt) for p in recipe.train.sample_prompts]
-    return DataBundle(train, valid, stats, prompts)
-
-
-def _stats_text(stats) -> str:
-    if hasattr(stats, "summary"):
-        return stats.summary()
-    if isinstance(stats, dict):
-        return ", ".join(f"{k} {v}" for k, v in stats.items() if not isinstance(v, dict))
-    return str(stats)
+    spec = recipe.data
+    if not spec.train:
+        raise MacftError("recipe: key 'data.train' is required")
+    loader = load_sequences if recipe.objective == "sft" else load_pairs
+    bundle = loader(recipe, tokenizer)
+    bundle.sample_prompts = [chat_prompt(tokenizer, p, spec.system_prompt)
+                             for p in recipe.train.sample_prompts]
+    return bundle
 
 
 def pad_id(tokenizer) -> int:
