@@ -136,6 +136,10 @@ class Recipe:
                                 "ipo, orpo or simpo on preference pairs.", choices=OBJECTIVES)
     preference: PreferenceSpec = field(default_factory=PreferenceSpec,
                                        metadata={"help": "Preference-objective settings."})
+    kernels: str = opt("auto", "Training ops: auto = device kernels where they apply, else the "
+                               "memory-bounded references (tiled attention, chunked "
+                               "cross-entropy); reference = always the references; stock = "
+                               "MLX's own ops.", choices=("auto", "reference", "stock"))
     init_adapter: str | None = opt(None, "Start from these adapter weights (a folder with "
                                          "adapters.safetensors) instead of fresh ones.")
     stages: list = opt([], "Stages run in order (e.g. sft then dpo); each is a partial recipe "

@@ -397,11 +397,39 @@ async def _export(run_dir: Path, root: Path, out: Path) -> str:
         await pilot.pause()
         screen = app.screen
         assert isinstance(screen, ExportScreen)
-        assert "GGUF export arrives with the GGUF issue" in text_of(screen.query_one("#gguf"))
         await type_into(pilot, "#export-out", str(out))
         await pilot.click("#fuse")
         return await wait_for(pilot, lambda: (t := text_of(screen.query_one(
             "#export-status"))).startswith("fused ") and t, what="the fused folder")
+
+
+async def _export_gguf(run_dir: Path, root: Path, out: Path, quant: str) -> str:
+    from textual.widgets import Select
+
+    app = MacftApp(root=root)
+    async with app.run_test(size=SIZE) as pilot:
+        app.open_export(run_dir)
+        await pilot.pause()
+        screen = app.screen
+        await type_into(pilot, "#gguf-out", str(out))
+        screen.query_one("#gguf-quant", Select).value = quant
+        await pilot.click("#gguf")
+        return await wait_for(pilot, lambda: (t := text_of(screen.query_one(
+            "#export-status"))).startswith("wrote ") and "macft chat" in t and t,
+            what="the GGUF file")
+
+
+def test_export_writes_a_gguf_that_reads_back(finished_run, home):
+    from gguf import GGUFReader
+
+    status = run(_export_gguf(finished_run, home, Path("tiny.gguf"), "q8_0"))
+    assert status.splitlines()[0].startswith("wrote tiny.gguf (q8_0, ")
+    assert "14 adapter layers fused" in status.splitlines()[0]
+    assert status.splitlines()[-1] == "run it: macft chat tiny.gguf"
+    reader = GGUFReader(home / "tiny.gguf")
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types["blk.0.attn_q.weight"] == "Q8_0"
+    assert types["token_embd.weight"] in ("Q8_0", "F16", "F32")
 
 
 def test_export_fuses_into_a_folder(finished_run, home):

@@ -110,20 +110,33 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
-def perplexity(logits: np.ndarray, ids: list[int]) -> float:
-    """exp(mean NLL) of ids[1:] under the logits at positions 0..n-2."""
-    logp = _log_softmax(logits[:-1])
-    return float(np.exp(-logp[np.arange(len(ids) - 1), ids[1:]].mean()))
+def _where(mask, n: int) -> np.ndarray:
+    """Positions 0..n-2 whose next token counts (all of them without a mask)."""
+    if mask is None:
+        return np.arange(n - 1)
+    return np.flatnonzero(np.asarray(mask[1:n]) > 0)
+
+
+def perplexity(logits: np.ndarray, ids: list[int], mask=None) -> float:
+    """exp(mean NLL) of ids[1:] under the logits at positions 0..n-2.
+
+    ``mask`` (one flag per id) keeps only the predictions of the ids it marks, e.g. the
+    answer tokens of a chat.
+    """
+    at = _where(mask, len(ids))
+    logp = _log_softmax(logits[at])
+    return float(np.exp(-logp[np.arange(len(at)), np.asarray(ids)[at + 1]].mean()))
 
 
 def compare_logits(mlx_logits: np.ndarray, llama_logits: np.ndarray, ids: list[int],
-                   tokens_match: bool | None = None) -> Comparison:
-    """Metrics over positions 0..n-2 (each predicts the next id)."""
-    p, q = _log_softmax(mlx_logits[:-1]), _log_softmax(llama_logits[:-1])
+                   tokens_match: bool | None = None, mask=None) -> Comparison:
+    """Metrics over positions 0..n-2 (each predicts the next id), or those ``mask`` marks."""
+    at = _where(mask, len(ids))
+    p, q = _log_softmax(mlx_logits[at]), _log_softmax(llama_logits[at])
     top1 = float((p.argmax(-1) == q.argmax(-1)).mean())
     kl = float((np.exp(p) * (p - q)).sum(-1).mean())
-    return Comparison(len(ids) - 1, top1, kl, perplexity(mlx_logits, ids),
-                      perplexity(llama_logits, ids), tokens_match)
+    return Comparison(len(at), top1, kl, perplexity(mlx_logits, ids, mask),
+                      perplexity(llama_logits, ids, mask), tokens_match)
 
 
 def mlx_logits(model, ids: list[int]) -> np.ndarray:
@@ -146,10 +159,11 @@ def held_out_ids(tokenizer, text: str, max_tokens: int) -> list[int]:
 
 def verify_gguf(model, tokenizer, path: str | Path, limit: Thresholds,
                 text: str = HELD_OUT, max_tokens: int = 512, lora: str | Path | None = None,
-                ids: list[int] | None = None) -> Comparison:
+                ids: list[int] | None = None, mask=None) -> Comparison:
     """Compare ``path`` in llama.cpp with ``model`` in MLX; raise MacftError beyond ``limit``.
 
-    ``ids`` replaces the tokenized ``text`` (then the tokenizers are not compared).
+    ``ids`` replaces the tokenized ``text`` (then the tokenizers are not compared); ``mask``
+    (one flag per id) restricts the metrics to the predictions of the ids it marks.
     """
     from_text = ids is None
     if from_text:
@@ -159,7 +173,8 @@ def verify_gguf(model, tokenizer, path: str | Path, limit: Thresholds,
     if from_text:
         theirs = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)[:max_tokens]
         tokens_match = list(theirs) == ids
-    result = compare_logits(mlx_logits(model, ids), llama_logits(llm, ids), ids, tokens_match)
+    result = compare_logits(mlx_logits(model, ids), llama_logits(llm, ids), ids, tokens_match,
+                            mask)
     failed = result.failures(limit)
     if failed:
         raise MacftError(f"{Path(path).name}: llama.cpp disagrees with MLX: {'; '.join(failed)} "

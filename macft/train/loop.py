@@ -21,7 +21,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_map
 
-from macft import recipe as recipe_mod
+from macft import kernels, recipe as recipe_mod
 from macft import runtime
 from macft.errors import MacftError
 from macft.events import (Checkpoint, Eval, Failed, Finished, MetricsFile, RunStarted, Sample,
@@ -35,7 +35,7 @@ from macft.train.objectives import needs_reference, preference_loss, reference_l
 
 # Recipe keys that may change when a run is resumed (e.g. to train longer).
 RESUMABLE_CHANGES = {"train.steps", "train.epochs", "train.patience", "train.eval_every",
-                     "train.save_every", "train.sample_every", "output"}
+                     "train.save_every", "train.sample_every", "output", "kernels"}
 
 
 @dataclass
@@ -180,6 +180,7 @@ class Trainer:
         recipe_mod.dump(r, self.run_dir / "recipe.yaml")
         self.sinks.append(MetricsFile(self.run_dir / "metrics.jsonl"))
         self.backend = runtime.backend(r.model.dtype)
+        kernels.set_mode(r.kernels)
         if self.loaded is None:
             self.loaded = load_base(r.model.path, r.model.revision, r.model.dtype)
         self.model = self.loaded.model

@@ -210,5 +210,5 @@ class MacftApp(App):
                                 partial(self.open_run, info.path))
             yield SystemCommand(f"Compare: {name}", "Base and tuned answers side by side",
                                 partial(self.open_compare, info.path))
-            yield SystemCommand(f"Export: {name}", "Fuse the adapters into a model folder",
+            yield SystemCommand(f"Export: {name}", "Fuse the adapters into a folder, or write a GGUF",
                                 partial(self.open_export, info.path))

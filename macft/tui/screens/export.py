@@ -1,4 +1,4 @@
-"""Export: fuse a run's adapters into its base and save a Hugging Face folder."""
+"""Export: fuse a run's adapters into a Hugging Face folder, or write a GGUF for llama.cpp."""
 
 from __future__ import annotations
 
@@ -9,19 +9,22 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Header, Input, Label, Static
+from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 
 from macft.tui.bridge import StatusLine
 
-GGUF_PLACEHOLDER = ("GGUF export arrives with the GGUF issue: it is not in this build yet. "
-                    "Until then, fuse to a folder and convert it with llama.cpp's "
-                    "convert_hf_to_gguf.py.")
+# The export types, most useful first (the engine's QUANTS table is the home of all of them).
+GGUF_TYPES = ("q8_0", "q4_k_m", "q6_k", "f16", "bf16", "f32", "q4_0", "q4_1", "q5_0", "q5_1",
+              "q4_k")
 
 
 class ExportScreen(Screen):
     BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
 
     class Done(StatusLine):
+        pass
+
+    class Progress(StatusLine):
         pass
 
     def __init__(self, run_dir: Path):
@@ -31,31 +34,53 @@ class ExportScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(f"Fuse the adapters of {self.app.show_path(self.run_dir)} into its base "
-                     "model and save a Hugging Face folder (mlx_lm.load opens it).",
+                     "model and save a Hugging Face folder (mlx_lm.load opens it), or write a "
+                     "GGUF file that llama.cpp, Ollama and LM Studio run.",
                      id="export-intro")
         with Horizontal(id="export-row"):
             yield Label("folder ", classes="bar-label")
             yield Input(str(self.run_dir / "fused"), id="export-out", compact=True)
             yield Button("Fuse", id="fuse", variant="primary", compact=True)
+        with Horizontal(id="gguf-row"):
+            yield Label("GGUF   ", classes="bar-label")
+            yield Input(str(self.run_dir / f"{self.run_dir.name}.gguf"), id="gguf-out",
+                        compact=True)
+            yield Select([(q, q) for q in GGUF_TYPES], value="q8_0", allow_blank=False,
+                         id="gguf-quant", compact=True)
+            yield Button("Write GGUF", id="gguf", variant="primary", compact=True)
         yield Static("", id="export-status")
-        yield Static(GGUF_PLACEHOLDER, id="gguf")
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#gguf").border_title = "GGUF"
         self.query_one("#export-out", Input).focus()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.start()
+        self.start("gguf" if event.input.id == "gguf-out" else "fuse")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        self.start()
+        self.start(event.button.id)
 
-    def start(self) -> None:
-        out = self.query_one("#export-out", Input).value.strip()
-        self.query_one("#export-status", Static).update(f"fusing into {out} …")
-        self.query_one("#fuse", Button).disabled = True
-        self.fuse(out)
+    def _busy(self, busy: bool) -> None:
+        for button in self.query(Button):
+            button.disabled = busy
+
+    def start(self, what: str) -> None:
+        status = self.query_one("#export-status", Static)
+        status.set_class(False, "error")
+        self._busy(True)
+        if what == "gguf":
+            out = self.query_one("#gguf-out", Input).value.strip()
+            quant = str(self.query_one("#gguf-quant", Select).value)
+            status.update(f"writing {out} ({quant}) …")
+            self.write_gguf(out, quant)
+        else:
+            out = self.query_one("#export-out", Input).value.strip()
+            status.update(f"fusing into {out} …")
+            self.fuse(out)
+
+    def _failed(self, exc: Exception) -> None:
+        self.post_message(self.Done(str(exc).splitlines()[0] if str(exc) else
+                                    type(exc).__name__, error=True))
 
     @work(thread=True, exclusive=True, group="export")
     def fuse(self, out: str) -> None:
@@ -67,13 +92,32 @@ class ExportScreen(Screen):
             n = fuse_in_place(loaded.model)
             folder = save_folder(loaded.model, loaded.tokenizer, loaded.config, Path(out))
         except Exception as exc:  # noqa: BLE001 - shown on the screen
-            self.post_message(self.Done(str(exc).splitlines()[0] if str(exc) else
-                                        type(exc).__name__, error=True))
+            self._failed(exc)
             return
         self.post_message(self.Done(f"fused {n} adapter layers into {folder}"))
+
+    @work(thread=True, exclusive=True, group="export")
+    def write_gguf(self, out: str, quant: str) -> None:
+        from macft.export.pipeline import export
+
+        lines: list[str] = []
+
+        def say(line: str) -> None:
+            lines.append(line)
+            self.post_message(self.Progress(line))
+
+        try:
+            export(str(self.run_dir), gguf=out, quant=quant, say=say)
+        except Exception as exc:  # noqa: BLE001 - shown on the screen
+            self._failed(exc)
+            return
+        self.post_message(self.Done("\n".join(lines) + f"\nrun it: macft chat {out}"))
+
+    def on_export_screen_progress(self, message: Progress) -> None:
+        self.query_one("#export-status", Static).update(message.text)
 
     def on_export_screen_done(self, message: Done) -> None:
         status = self.query_one("#export-status", Static)
         status.update(message.text)
         status.set_class(message.error, "error")
-        self.query_one("#fuse", Button).disabled = False
+        self._busy(False)
