@@ -25,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", parents=[common], help="train from a recipe (or resume a run)")
     run.add_argument("recipe", help="recipe YAML file, or a run folder to resume")
     run.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    run.add_argument("--hosts", metavar="HOSTS.json",
+                     help="train data-parallel on these machines: re-runs this command under "
+                          "`mlx.launch --backend ring --hostfile HOSTS.json` (see README)")
 
     ev = sub.add_parser("eval", parents=[common], help="greedy answers + exact match on a data set")
     ev.add_argument("target", help="run folder or model")
@@ -104,6 +107,8 @@ def cmd_run(args) -> int:
     from macft.events import ConsoleProgress, StopSignal
     from macft.train.loop import train
 
+    if args.hosts:
+        return _launch(args)
     target = Path(args.recipe)
     if target.is_dir():
         if not (target / "recipe.yaml").exists():
@@ -124,6 +129,27 @@ def cmd_run(args) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     done = train(recipe, [ConsoleProgress()], stop)
     return 0 if done.reason in ("completed", "early_stopping", "stopped") else 1
+
+
+def _launch(args) -> int:
+    """``run --hosts``: the same command once per host, through mlx.launch's ring backend."""
+    import json
+    import subprocess
+
+    from macft.train.distributed import launch_command
+
+    try:
+        hosts = json.loads(Path(args.hosts).read_text())
+    except FileNotFoundError:
+        raise MacftError(f"{args.hosts}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise MacftError(f"{args.hosts}: not JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(hosts, list) or len(hosts) < 2:
+        raise MacftError(f"{args.hosts}: expected a JSON list of at least two hosts, e.g. "
+                         '[{"ssh": "mac1.local", "ips": ["10.0.0.1"]}, ...]')
+    argv = ["run", str(Path(args.recipe).resolve()), *args.overrides]
+    argv += ["--offline"] if args.offline else []
+    return subprocess.call(launch_command(str(Path(args.hosts).resolve()), argv))
 
 
 def cmd_eval(args) -> int:

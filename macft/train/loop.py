@@ -29,7 +29,7 @@ from macft.events import (Checkpoint, Eval, Failed, Finished, MetricsFile, RunSt
 from macft.models import adapters, patch
 from macft.models.load import Loaded, load_base
 from macft.recipe import Recipe
-from macft.train import checkpoint
+from macft.train import checkpoint, distributed
 from macft.train.loss import mean_loss, sft_loss, trained_positions
 from macft.train.objectives import needs_reference, preference_loss, reference_logps
 
@@ -165,8 +165,12 @@ class Trainer:
         self.bad_evals = 0
         self.elapsed_before = 0.0
         self.step_metrics: dict = {}
+        self.world = distributed.world()
+        self.last_checkpoint: str | None = None
 
     def emit(self, event) -> None:
+        if not self.world.main:         # one display, one metrics file: rank 0's
+            return
         for sink in self.sinks:
             sink(event)
 
@@ -177,8 +181,9 @@ class Trainer:
         ckpt = checkpoint.latest(self.run_dir)
         if ckpt is not None:
             _check_resume_recipe(self.run_dir, r)
-        recipe_mod.dump(r, self.run_dir / "recipe.yaml")
-        self.sinks.append(MetricsFile(self.run_dir / "metrics.jsonl"))
+        if self.world.main:
+            recipe_mod.dump(r, self.run_dir / "recipe.yaml")
+            self.sinks.append(MetricsFile(self.run_dir / "metrics.jsonl"))
         self.backend = runtime.backend(r.model.dtype)
         kernels.set_mode(r.kernels)
         if self.loaded is None:
@@ -211,7 +216,25 @@ class Trainer:
             self.best_step = state.get("best_step", 0)
             self.bad_evals = state.get("bad_evals", 0)
             self.elapsed_before = state.get("elapsed", 0.0)
+            self.last_checkpoint = str(ckpt)
+        if self.world.active:
+            self._sync_from_main()
         self.model.train()
+
+    def _sync_from_main(self) -> None:
+        """Every rank starts from rank 0's weights, optimizer state and counters."""
+        params = self.world.broadcast(self.model.trainable_parameters())
+        state = self.world.broadcast(self.optimizer.state)
+        counters = self.world.broadcast(mx.array([self.step, self.best_step, self.bad_evals,
+                                                  -1.0 if self.best_val is None
+                                                  else self.best_val, self.elapsed_before]))
+        mx.eval(params, state, counters)
+        self.model.update(params)
+        self.optimizer.state = state
+        step, best_step, bad, best_val, elapsed = counters.tolist()
+        self.step, self.best_step, self.bad_evals = int(step), int(best_step), int(bad)
+        self.best_val = None if best_val < 0 and self.best_step == 0 else best_val
+        self.elapsed_before = elapsed
 
     # ----- preference objectives ---------------------------------------------------------------
     def _reference(self) -> dict:
@@ -225,9 +248,10 @@ class Trainer:
             if batcher is not None:
                 ref[f"{split}_chosen"], ref[f"{split}_rejected"] = reference_logps(self.model,
                                                                                   batcher)
-        tmp = path.with_name(f".{path.stem}.tmp.safetensors")
-        mx.save_safetensors(str(tmp), {k: mx.array(v) for k, v in ref.items()})
-        os.replace(tmp, path)
+        if self.world.main:
+            tmp = path.with_name(f".{path.stem}.tmp.safetensors")
+            mx.save_safetensors(str(tmp), {k: mx.array(v) for k, v in ref.items()})
+            os.replace(tmp, path)
         return ref
 
     def _ref_for(self, split: str, index: np.ndarray):
@@ -244,6 +268,10 @@ class Trainer:
         total_pairs = sum(len(pb.index) for pb in batches)
         grads, loss_sum, metrics = None, 0.0, {}
         for pb in batches:
+            if self.world.active:
+                pb = shard_pairs(pb, self.world.share(len(pb.index)))
+                if len(pb.index) == 0:
+                    continue
             weight = len(pb.index) / total_pairs
             (loss, m), g = self.loss_and_grad(self.model, pb, self._ref_for("train", pb.index),
                                               weight)
@@ -252,6 +280,9 @@ class Trainer:
             loss_sum += loss.item()
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0.0) + v.item() * weight
+        if self.world.active:
+            loss_sum = self.world.total(loss_sum)
+            metrics = {k: self.world.total(v) for k, v in metrics.items()}
         return loss_sum, metrics, grads
 
     def preference_validation(self) -> tuple[float, dict] | None:
@@ -294,6 +325,8 @@ class Trainer:
         total_loss = 0.0
         grads = None
         for b in batches:
+            if self.world.active:
+                b = shard_rows(b, self.world.share(b.inputs.shape[0]))
             positions = trained_positions(b.mask)
             if positions.size == 0:
                 continue
@@ -305,9 +338,14 @@ class Trainer:
             mx.eval(loss, grads)
             total_loss += loss.item()
         self._apply(grads)
-        return total_loss, sum(b.tokens for b in batches)
+        return self.world.total(total_loss), sum(b.tokens for b in batches)
 
     def _apply(self, grads) -> None:
+        if self.world.active:
+            # A rank whose share held no trained token still joins the sum.
+            if grads is None:
+                grads = tree_map(mx.zeros_like, self.model.trainable_parameters())
+            grads = self.world.all_sum(grads)
         if grads is None:
             return
         if self.recipe.train.max_grad_norm > 0:
@@ -339,7 +377,8 @@ class Trainer:
         improved = self.best_val is None or val < self.best_val
         if improved:
             self.best_val, self.best_step, self.bad_evals = val, self.step, 0
-            adapters.save_adapters(self.model, self.run_dir / "best", self.adapter_cfg)
+            if self.world.main:
+                adapters.save_adapters(self.model, self.run_dir / "best", self.adapter_cfg)
         else:
             self.bad_evals += 1
         self.emit(Eval(self.step, val, self.best_val, improved, metrics))
@@ -349,7 +388,7 @@ class Trainer:
         return patience > 0 and self.bad_evals >= patience
 
     def samples(self) -> None:
-        if not self.data.sample_prompts:
+        if not self.data.sample_prompts or not self.world.main:
             return
         from macft.generation import greedy
 
@@ -358,13 +397,22 @@ class Trainer:
         for prompt, text in zip(self.recipe.train.sample_prompts, texts):
             self.emit(Sample(self.step, prompt, text))
 
-    def save(self, elapsed: float) -> Path:
+    def save(self, elapsed: float) -> Path | None:
+        if not self.world.main:
+            return None
         state = {"best_val": self.best_val, "best_step": self.best_step,
                  "bad_evals": self.bad_evals, "elapsed": elapsed, "total_steps": self.total}
         path = checkpoint.save(self.run_dir, self.step, self.model, self.optimizer, state,
                                self.adapter_cfg)
+        self.last_checkpoint = str(path)
         self.emit(Checkpoint(self.step, str(path)))
         return path
+
+    def _stopping(self) -> bool:
+        """A stop asked on any rank stops every rank at the same step."""
+        if not self.world.active:
+            return self.stop.stopped
+        return self.world.total(1.0 if self.stop.stopped else 0.0) > 0
 
     # ----- the loop ---------------------------------------------------------------------------
     def run(self) -> Finished:
@@ -385,14 +433,18 @@ class Trainer:
         start = time.monotonic()
         reason = "completed"
         tokens_window: list[tuple[float, int]] = []
+        watchdog = distributed.Watchdog(self.world,
+                                        describe=lambda: self.last_checkpoint or "none yet")
+        watchdog.start()
         try:
             while self.step < self.total:
                 self.stop.wait_if_paused()
-                if self.stop.stopped:
+                if self._stopping():
                     reason = "stopped"
                     break
                 t0 = time.monotonic()
                 loss, tokens = self.train_step(self.step)
+                watchdog.beat()
                 self.step += 1
                 dt = time.monotonic() - t0
                 tokens_window = (tokens_window + [(dt, tokens)])[-20:]
@@ -416,6 +468,7 @@ class Trainer:
                 if (r.save_every and self.step % r.save_every == 0) or last or stop_early \
                         or self.stop.take_checkpoint_request():
                     self.save(self.elapsed_before + time.monotonic() - start)
+                watchdog.beat()
                 if kill_after and self.step == kill_after:
                     os.kill(os.getpid(), signal.SIGKILL)  # test hook: die like a power cut
                 if stop_early:
@@ -427,9 +480,20 @@ class Trainer:
         except MacftError as exc:
             self.emit(Failed(self.step, str(exc)))
             raise
+        except RuntimeError as exc:
+            if not (self.world.active and distributed.is_peer_loss(exc)):
+                self.emit(Failed(self.step, f"{type(exc).__name__}: {exc}"))
+                raise
+            error = distributed.peer_lost(self.world, exc, self.last_checkpoint)
+            self.emit(Failed(self.step, str(error)))
+            raise error from None
         except Exception as exc:
             self.emit(Failed(self.step, f"{type(exc).__name__}: {exc}"))
             raise
+        finally:
+            watchdog.stop()
+        if not self.world.main:
+            return Finished(self.step, reason, self.best_val, "", elapsed)
         final = adapters.save_adapters(self.model, self.run_dir, self.adapter_cfg)
         done = Finished(self.step, reason, self.best_val, str(final), elapsed)
         if reason != "stopped":
@@ -437,6 +501,21 @@ class Trainer:
                                    json.dumps({"step": self.step, "reason": reason}))
         self.emit(done)
         return done
+
+
+def shard_rows(b, rows: np.ndarray):
+    """The rows ``rows`` of batch ``b`` (the same padded length, so the numbers match)."""
+    seg = b.segments[rows] if b.segments is not None else None
+    inputs = b.inputs[rows]
+    return dataclasses.replace(b, inputs=inputs, targets=b.targets[rows], mask=b.mask[rows],
+                               segments=seg, tokens=b.tokens)
+
+
+def shard_pairs(pb, pairs: np.ndarray):
+    """The pairs ``pairs`` of a preference batch (its rows: chosen block, then rejected)."""
+    n = len(pb.index)
+    rows = np.concatenate([pairs, pairs + n])
+    return dataclasses.replace(pb, batch=shard_rows(pb.batch, rows), index=pb.index[pairs])
 
 
 def is_finished(run_dir: Path) -> bool:
