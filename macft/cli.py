@@ -25,9 +25,22 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", parents=[common], help="train from a recipe (or resume a run)")
     run.add_argument("recipe", help="recipe YAML file, or a run folder to resume")
     run.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    run.add_argument("--memory-budget", metavar="SIZE",
+                     help="plan first (see `macft plan`) and refuse to train when the measured "
+                          "peak memory exceeds SIZE (e.g. 12GB), naming a setting that fits")
+    run.add_argument("--force", action="store_true",
+                     help="train even when the plan exceeds --memory-budget")
     run.add_argument("--hosts", metavar="HOSTS.json",
                      help="train data-parallel on these machines: re-runs this command under "
                           "`mlx.launch --backend ring --hostfile HOSTS.json` (see README)")
+
+    pl = sub.add_parser("plan", parents=[common],
+                        help="measure peak memory and step time before training; find a "
+                             "batch size / accumulation / checkpointing that fits a budget")
+    pl.add_argument("recipe", help="recipe YAML file")
+    pl.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    pl.add_argument("--memory-budget", metavar="SIZE",
+                    help="e.g. 12GB (default: 70%% of this machine's memory)")
 
     ev = sub.add_parser("eval", parents=[common], help="greedy answers + exact match on a data set")
     ev.add_argument("target", help="run folder or model")
@@ -116,6 +129,17 @@ def cmd_run(args) -> int:
         recipe = recipe_mod.load(target / "recipe.yaml", args.overrides + [f"output={target}"])
     else:
         recipe = recipe_mod.load(target, args.overrides)
+    from macft import runtime
+
+    if args.memory_budget:
+        from macft.plan import parse_size, plan
+
+        budget = parse_size(args.memory_budget)
+        result = plan(recipe, budget)
+        _console(_plan_line(result))
+        if not result.fits and not args.force:
+            raise MacftError(result.refusal())
+    runtime.limit_memory()          # on a Mac: fail cleanly rather than freeze the machine
     stop = StopSignal()
 
     def on_signal(signum, frame):
@@ -129,6 +153,42 @@ def cmd_run(args) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     done = train(recipe, [ConsoleProgress()], stop)
     return 0 if done.reason in ("completed", "early_stopping", "stopped") else 1
+
+
+def _plan_line(result) -> str:
+    from macft.plan import gb
+
+    m = result.first
+    rows, length = result.longest
+    fits = "fits" if result.fits else "does NOT fit"
+    return (f"plan: peak {gb(m.peak_bytes)} at the longest batch ({rows} x {length} tokens, "
+            f"grad_accum {m.setting.grad_accum}); budget {gb(result.budget)}: {fits}; "
+            f"{m.seconds_per_step:.2f} s/step")
+
+
+def cmd_plan(args) -> int:
+    from macft import recipe as recipe_mod
+    from macft.plan import gb, parse_size, plan
+
+    budget = parse_size(args.memory_budget) if args.memory_budget else None
+    recipe = recipe_mod.load(Path(args.recipe), args.overrides)
+    _console(f"planning {args.recipe}: two steps on the longest batch ...")
+    result = plan(recipe, budget)
+    _console(_plan_line(result))
+    minutes = result.run_seconds / 60
+    _console(f"the run: {result.total_steps} steps, about {minutes:.0f} min "
+             f"({result.run_seconds:.0f} s; mean batch fill {result.fill:.0%} of the longest)")
+    for m in result.measured[1:]:
+        verdict = "fits" if m.peak_bytes <= result.budget else "too big"
+        _console(f"  {m.setting.describe()}: peak {gb(m.peak_bytes)}, "
+                 f"{m.seconds_per_step:.1f} s/step ({verdict})")
+    if result.fits:
+        return 0
+    if result.advice:
+        _console(f"use: macft run {args.recipe} {result.advice.setting.describe()}")
+    else:
+        _console("nothing tried fits: lower data.max_length, or use method=qlora")
+    return 1
 
 
 def _launch(args) -> int:
@@ -247,7 +307,8 @@ def cmd_tui(args) -> int:
     return run_app(getattr(args, "target", None))
 
 
-COMMANDS = {"run": cmd_run, "eval": cmd_eval, "generate": cmd_generate, "fuse": cmd_fuse,
+COMMANDS = {"run": cmd_run, "plan": cmd_plan, "eval": cmd_eval, "generate": cmd_generate,
+            "fuse": cmd_fuse,
             "export": cmd_export, "chat": cmd_chat, "options": cmd_options, "tui": cmd_tui}
 
 

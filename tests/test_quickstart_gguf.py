@@ -45,18 +45,17 @@ def tuned(tmp_path_factory, smollm2_path):
     MACFT_QUICKSTART_RUN=runs/quickstart reuses a finished run of the same recipe (local runs).
     """
     import os
-
-    from macft.train.loop import train
+    import subprocess
+    import sys
 
     if os.environ.get("MACFT_QUICKSTART_RUN"):
         return Path(os.environ["MACFT_QUICKSTART_RUN"])
-
     out = tmp_path_factory.mktemp("quickstart") / "run"
-    data = ROOT / "data" / "quickstart"
-    recipe = recipe_mod.load(ROOT / "recipes" / "quickstart.yaml", [
-        f"output={out}", f"data.train={data / 'train.jsonl'}",
-        f"data.valid={data / 'valid.jsonl'}", f"data.test={TEST}", "train.sample_every=0"])
-    train(recipe, [])
+    # Its own process, as a user runs it: the peak memory it records is the run's alone.
+    done = subprocess.run([sys.executable, "-m", "macft", "run", "recipes/quickstart.yaml",
+                           f"output={out}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=3600)
+    assert done.returncode == 0, done.stderr[-3000:]
     return out
 
 
@@ -89,6 +88,22 @@ def test_tuned_export_agrees_with_mlx_on_the_answers(tmp_path, fused, tuned, qua
     result = verify.verify_gguf(fused.model, fused.tokenizer, written.path, STRICT, ids=ids,
                                 mask=mask)
     assert result.top1 >= 0.99 and result.ppl_diff <= 0.005, result.lines()
+
+
+def test_plan_predicts_the_quickstart_peak(tuned):
+    """`macft plan` (issue 7): the predicted peak within 15% of what the run recorded."""
+    import re
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "macft", "plan", "recipes/quickstart.yaml"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-2000:]
+    predicted = float(re.search(r"plan: peak ([0-9.]+) GB", done.stdout).group(1))
+    steps = [json.loads(line) for line in (tuned / "metrics.jsonl").read_text().splitlines()
+             if '"Step"' in line]
+    actual = max(s["peak_memory_gb"] for s in steps)
+    assert abs(predicted - actual) / actual < 0.15, (predicted, actual)
 
 
 def exact_match_llama(path, lora=None) -> float:

@@ -177,6 +177,7 @@ class Trainer:
     # ----- set-up -------------------------------------------------------------------------
     def setup(self) -> None:
         r = self.recipe
+        mx.reset_peak_memory()          # the peak_memory_gb of Step events is this run's
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ckpt = checkpoint.latest(self.run_dir)
         if ckpt is not None:
