@@ -197,7 +197,8 @@ def step_flops(length: int, batch: int) -> float:
 def summary(result: dict, skip: int = 1) -> dict:
     times, tokens = result["times"][skip:], result["tokens"][skip:]
     return {"tok_s": sum(tokens) / sum(times), "step_s": sum(times) / len(times),
-            "peak_gb": result["peak_gb"], "loss": result["losses"][-1]}
+            "peak_gb": result["peak_gb"], "loss": result["losses"][-1],
+            "losses": result["losses"]}
 
 
 def main() -> None:
@@ -276,9 +277,11 @@ def ratios(rows: dict, kind: str, length: int) -> None:
         o = rows.get((kind, length, tool))
         if o is None:
             continue
+        k = min(len(m["losses"]), len(o["losses"]))   # losses compared after the same steps
         print(f"{'':<14}macft / {tool}: speed {m['tok_s'] / o['tok_s']:.2f}x, "
               f"peak {m['peak_gb'] / o['peak_gb']:.2f}x, "
-              f"loss {m['loss'] / o['loss']:.3f}x")
+              f"loss after {k} steps {m['losses'][k - 1]:.3f} vs {o['losses'][k - 1]:.3f} "
+              f"({m['losses'][k - 1] / o['losses'][k - 1]:.3f}x)")
 
 
 if __name__ == "__main__":
