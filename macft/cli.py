@@ -193,23 +193,16 @@ def cmd_plan(args) -> int:
 
 def _launch(args) -> int:
     """``run --hosts``: the same command once per host, through mlx.launch's ring backend."""
-    import json
-    import subprocess
+    from macft.train import distributed
 
-    from macft.train.distributed import launch_command
-
-    try:
-        hosts = json.loads(Path(args.hosts).read_text())
-    except FileNotFoundError:
-        raise MacftError(f"{args.hosts}: file not found") from None
-    except json.JSONDecodeError as exc:
-        raise MacftError(f"{args.hosts}: not JSON ({exc.msg}, line {exc.lineno})") from None
-    if not isinstance(hosts, list) or len(hosts) < 2:
-        raise MacftError(f"{args.hosts}: expected a JSON list of at least two hosts, e.g. "
-                         '[{"ssh": "mac1.local", "ips": ["10.0.0.1"]}, ...]')
+    distributed.read_hosts(args.hosts)
+    if args.memory_budget:
+        raise MacftError("--memory-budget plans one process; run `macft plan` on one Mac, "
+                         "then --hosts without it")
     argv = ["run", str(Path(args.recipe).resolve()), *args.overrides]
-    argv += ["--offline"] if args.offline else []
-    return subprocess.call(launch_command(str(Path(args.hosts).resolve()), argv))
+    argv += [flag for flag, on in (("--offline", args.offline), ("--debug", args.debug)) if on]
+    cmd = distributed.launch_command(str(Path(args.hosts).resolve()), argv)
+    return distributed.run_launcher(cmd)
 
 
 def cmd_eval(args) -> int:

@@ -148,7 +148,7 @@ def test_each_method_lowers_the_loss(workdir, method):
     if method == "qlora":
         names = {type(m).__name__ for _, m in load_for_inference(recipe.output)[0].model
                  .named_modules()}
-        assert "FastQuantizedLinear" in names and "LoRALinear" in names
+        assert "FastQuantizedLinear" in names and "QLoRALinear" in names
 
 
 def test_events_and_metrics_file(workdir):
@@ -289,7 +289,7 @@ def test_real_smollm2_qlora_steps_lower_validation_loss(smollm2_path, tmp_path):
     assert before > 0.2            # the base model does not know the format
     assert after < 0.6 * before, (before, after)
     names = {type(m).__name__ for _, m in trainer.model.named_modules()}
-    assert {"FastQuantizedLinear", "FastQuantizedEmbedding", "LoRALinear"} <= names
+    assert {"FastQuantizedLinear", "FastQuantizedEmbedding", "QLoRALinear"} <= names
 
 
 def _first_update(workdir, out, **over):

@@ -92,6 +92,7 @@ def apply_adapters(model: nn.Module, config: dict) -> None:
     model.freeze()
     linear_to_lora_layers(model, config["num_layers"], config["lora_parameters"],
                           use_dora=config["fine_tune_type"] == "dora")
+    quantized.use_qlora_kernels(model)     # LoRA over a quantized base: one op, own VJP
     mx.eval(model.parameters())
 
 

@@ -1,10 +1,10 @@
 """Patches applied to mlx-lm models at load time (the zoo's model files are not forked).
 
 Each mlx-lm model module calls ``scaled_dot_product_attention`` from ``mlx_lm.models.base``.
-``install`` replaces that name in the model's own module with ``_attention``, which
-- applies the packed-sequence segment mask set by ``segments(...)`` during training.
-Generation with a KV cache keeps mlx-lm's original function. (MLX's own attention measured as
-fast as ``kernels.attention.reference`` here, forward and backward, so it stays the default.)
+``install`` replaces that name in the model's own module with ``_attention``, which sends
+causal training attention (with the packed-sequence segments set by ``segments(...)``) to
+``kernels.attention.attention``, the dispatcher of the recipe's ``kernels`` switch.
+Generation with a KV cache and any other mask keep mlx-lm's original function.
 """
 
 from __future__ import annotations
@@ -33,11 +33,17 @@ def segments(seg: mx.array | None):
 
 def _make_attention(original):
     def _attention(queries, keys, values, cache, scale, mask, sinks=None, **kw):
-        seg = _SEGMENTS.get()
         if cache is not None or sinks is not None or kw:
             return original(queries, keys, values, cache=cache, scale=scale, mask=mask,
                             sinks=sinks, **kw)
-        if seg is not None and seg.shape[-1] == queries.shape[2]:
+        seg = _SEGMENTS.get()
+        if seg is not None and seg.shape[-1] != queries.shape[2]:
+            seg = None
+        causal = isinstance(mask, str) and mask == "causal"
+        if causal or (mask is None and seg is not None):
+            # Training: the recipe's kernels switch picks MLX's op or the tiled one.
+            return attn.attention(queries, keys, values, scale, causal=True, segments=seg)
+        if seg is not None:
             mask = attn.segment_mask(seg)
         return original(queries, keys, values, cache=None, scale=scale, mask=mask)
     return _attention

@@ -11,8 +11,10 @@ import os
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx_lm.tuner.lora import LoRALinear
 
-from macft.kernels.qmatmul import dequantized, quantized_matmul
+from macft import kernels
+from macft.kernels.qmatmul import dequantized, qlora_linear, quantized_matmul
 
 # On the CPU, dequantizing a frozen weight on every call costs more than the matmul itself for
 # small batches (generation ran at ~1 token/s that way). Frozen bases are therefore dequantized
@@ -62,6 +64,40 @@ class FastQuantizedLinear(nn.QuantizedLinear):
 class FastQuantizedEmbedding(nn.QuantizedEmbedding):
     def as_linear(self, x):
         return _matmul(self, x)
+
+
+class QLoRALinear(LoRALinear):
+    """mlx-lm's LoRA layer over a quantized base, computed by ``kernels.qmatmul.qlora_linear``.
+
+    Only the class changes (``use_qlora_kernels`` swaps it in place): the parameters keep
+    mlx-lm's names, so saving, loading and ``fuse`` work as for the original.
+    """
+
+    def __call__(self, x):
+        base = self.linear
+        mode = kernels.mode()
+        if mode == "stock" or getattr(base, "mode", "affine") != "affine":
+            return super().__call__(x)
+        dropped = self.dropout(x)           # the same object when dropout is off or p == 0
+        on_cpu = mx.default_device() == mx.cpu
+        y = qlora_linear(x, base["weight"], base["scales"], base.get("biases"), self.lora_a,
+                         self.lora_b, self.scale, base.group_size, base.bits,
+                         dropped=None if dropped is x else dropped,
+                         dense=_cached_float(base, x.dtype) if on_cpu else None,
+                         kernel=mode == "auto" and not on_cpu and mx.metal.is_available())
+        if "bias" in base:
+            y = y + base["bias"]
+        return y
+
+
+def use_qlora_kernels(model: nn.Module) -> int:
+    """Swap every mlx-lm LoRA layer over a quantized base to ``QLoRALinear``; return how many."""
+    swapped = 0
+    for _, module in model.named_modules():
+        if type(module) is LoRALinear and isinstance(module.linear, nn.QuantizedLinear):
+            module.__class__ = QLoRALinear
+            swapped += 1
+    return swapped
 
 
 def use_fast_quantized(model: nn.Module) -> int:

@@ -178,11 +178,13 @@ class Trainer:
     def setup(self) -> None:
         r = self.recipe
         mx.reset_peak_memory()          # the peak_memory_gb of Step events is this run's
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt = checkpoint.latest(self.run_dir)
+        main = self.world.main          # only rank 0 touches the run folder (see distributed)
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = checkpoint.latest(self.run_dir) if main else None
         if ckpt is not None:
             _check_resume_recipe(self.run_dir, r)
-        if self.world.main:
+        if main:
             recipe_mod.dump(r, self.run_dir / "recipe.yaml")
             self.sinks.append(MetricsFile(self.run_dir / "metrics.jsonl"))
         self.backend = runtime.backend(r.model.dtype)
@@ -192,9 +194,13 @@ class Trainer:
         self.model = self.loaded.model
         self.tokenizer = self.loaded.tokenizer
         self.data = load_data(r, self.tokenizer)
+        if self.world.active and self.data.train.batch_size < self.world.size:
+            raise MacftError(f"train.batch_size ({self.data.train.batch_size}) is smaller than "
+                             f"the number of ranks ({self.world.size}): each rank takes a share "
+                             "of every batch")
         self.adapter_cfg = adapters.prepare(self.model, r, r.train.seed)
         self.adapter_cfg["model"] = str(self.loaded.source)
-        if r.init_adapter and ckpt is None:
+        if r.init_adapter and ckpt is None and main:
             adapters.load_adapter_weights(self.model, Path(r.init_adapter))
         self.reference = self._reference() if needs_reference(r.objective) else None
         if r.train.grad_checkpoint:
@@ -226,29 +232,45 @@ class Trainer:
         """Every rank starts from rank 0's weights, optimizer state and counters."""
         params = self.world.broadcast(self.model.trainable_parameters())
         state = self.world.broadcast(self.optimizer.state)
-        counters = self.world.broadcast(mx.array([self.step, self.best_step, self.bad_evals,
-                                                  -1.0 if self.best_val is None
-                                                  else self.best_val, self.elapsed_before]))
+        has_best = self.best_val is not None
+        counters = self.world.broadcast(mx.array(
+            [self.step, self.best_step, self.bad_evals, has_best,
+             self.best_val if has_best else 0.0, self.elapsed_before], dtype=mx.float32))
         mx.eval(params, state, counters)
         self.model.update(params)
         self.optimizer.state = state
-        step, best_step, bad, best_val, elapsed = counters.tolist()
+        # Rank 0 takes the float32 round trip too, so best-value comparisons agree everywhere.
+        step, best_step, bad, has_best, best_val, elapsed = counters.tolist()
         self.step, self.best_step, self.bad_evals = int(step), int(best_step), int(bad)
-        self.best_val = None if best_val < 0 and self.best_step == 0 else best_val
+        self.best_val = best_val if has_best else None
         self.elapsed_before = elapsed
+        if not self.world.main and self.step:
+            self.last_checkpoint = self._checkpoint_on_main()
+
+    def _checkpoint_on_main(self) -> str:
+        return f"step {self.step}, in rank 0's {self.run_dir}"
 
     # ----- preference objectives ---------------------------------------------------------------
     def _reference(self) -> dict:
         """Reference log-probs of every pair, computed once (model as the stage starts) and
         kept in the run folder so that a resumed run uses the same ones."""
         path = self.run_dir / "reference_logps.safetensors"
-        if path.exists():
-            return {k: np.array(v) for k, v in mx.load(str(path)).items()}
+        splits = [(s, b) for s, b in (("train", self.data.train), ("valid", self.data.valid))
+                  if b is not None]
+        if self.world.agree(path.exists()):     # rank 0's folder decides
+            if self.world.main:
+                ref = {k: np.array(v) for k, v in mx.load(str(path)).items()}
+            else:                               # rank 0 sends its values; zeros add nothing
+                ref = {f"{s}_{side}": np.zeros(b.n, np.float32) for s, b in splits
+                       for side in ("chosen", "rejected")}
+            return self.world.sum_arrays(ref)
+        if self.world.active:       # the reference is rank 0's model as the stage starts
+            self.model.update(self.world.broadcast(self.model.trainable_parameters()))
         ref = {}
-        for split, batcher in (("train", self.data.train), ("valid", self.data.valid)):
-            if batcher is not None:
-                ref[f"{split}_chosen"], ref[f"{split}_rejected"] = reference_logps(self.model,
-                                                                                  batcher)
+        for split, batcher in splits:   # each rank computes its batches, zeros elsewhere
+            ref[f"{split}_chosen"], ref[f"{split}_rejected"] = reference_logps(
+                self.model, distributed.EvalShare(batcher, self.world))
+        ref = self.world.sum_arrays(ref)
         if self.world.main:
             tmp = path.with_name(f".{path.stem}.tmp.safetensors")
             mx.save_safetensors(str(tmp), {k: mx.array(v) for k, v in ref.items()})
@@ -281,9 +303,9 @@ class Trainer:
             loss_sum += loss.item()
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0.0) + v.item() * weight
-        if self.world.active:
-            loss_sum = self.world.total(loss_sum)
-            metrics = {k: self.world.total(v) for k, v in metrics.items()}
+        if self.world.active:       # every rank holds pairs (batch_size >= ranks): same keys
+            loss_sum, *values = self.world.totals([loss_sum, *metrics.values()])
+            metrics = dict(zip(metrics, values))
         return loss_sum, metrics, grads
 
     def preference_validation(self) -> tuple[float, dict] | None:
@@ -292,22 +314,26 @@ class Trainer:
             return None
         self.model.eval()
         totals: dict = {}
+        n = 0
         try:
-            for i, pb in enumerate(valid.iter_eval()):
-                if self.recipe.train.eval_batches and i >= self.recipe.train.eval_batches:
-                    break
-                loss, m = preference_loss(self.model, pb.batch, self._ref_for("valid", pb.index),
-                                          self.recipe.objective, self.recipe.preference)
-                n = len(pb.index)
-                totals["loss"] = totals.get("loss", 0.0) + loss.item() * n
-                for k, v in m.items():
-                    totals[k] = totals.get(k, 0.0) + v.item() * n
-                totals["n"] = totals.get("n", 0) + n
+            share = distributed.EvalShare(valid, self.world, self.recipe.train.eval_batches)
+            for pb in share.iter_eval():
+                loss, m = self._valid_pair_loss(pb)
+                for k, v in {"loss": loss, **m}.items():
+                    totals[k] = totals.get(k, 0.0) + v.item() * len(pb.index)
+                n += len(pb.index)
+            if not totals:          # no batch for this rank: the names only (nothing evaluated)
+                loss, m = self._valid_pair_loss(next(valid.iter_eval()))
+                totals = dict.fromkeys(["loss", *m], 0.0)
         finally:
             self.model.train()
-        n = totals.pop("n")
-        loss = totals.pop("loss") / n
-        return loss, {k: v / n for k, v in totals.items()}
+        *sums, n = self.world.totals([*totals.values(), n])
+        means = {k: v / n for k, v in zip(totals, sums)}
+        return means.pop("loss"), means
+
+    def _valid_pair_loss(self, pb):
+        return preference_loss(self.model, pb.batch, self._ref_for("valid", pb.index),
+                               self.recipe.objective, self.recipe.preference)
 
     # ----- one optimizer step ---------------------------------------------------------------
     def micro_batches(self, step: int) -> list:
@@ -358,12 +384,22 @@ class Trainer:
     def validation_loss(self) -> float | None:
         if self.data.valid is None:
             return None
+        share = distributed.EvalShare(self.data.valid, self.world, self.recipe.train.eval_batches)
+        count = 0
+
+        def counted():
+            nonlocal count
+            for b in share.iter_eval():
+                count += int(b.mask.sum())
+                yield b
+
         self.model.eval()
         try:
-            return mean_loss(self.model, self.data.valid.iter_eval(),
-                             self.recipe.train.eval_batches)
+            mean = mean_loss(self.model, counted()) or 0.0
         finally:
             self.model.train()
+        total, count = self.world.totals([mean * count, count])
+        return total / count if count else None
 
     def evaluate(self) -> bool:
         """Validation loss, best-adapter bookkeeping; True when early stopping triggers."""
@@ -400,6 +436,7 @@ class Trainer:
 
     def save(self, elapsed: float) -> Path | None:
         if not self.world.main:
+            self.last_checkpoint = self._checkpoint_on_main()
             return None
         state = {"best_val": self.best_val, "best_step": self.best_step,
                  "bad_evals": self.bad_evals, "elapsed": elapsed, "total_steps": self.total}
@@ -422,6 +459,10 @@ class Trainer:
         except MacftError as exc:
             self.emit(Failed(0, str(exc)))
             raise
+        except RuntimeError as exc:     # a rank that failed to start ends the others here
+            if not (self.world.active and distributed.is_peer_loss(exc)):
+                raise
+            raise distributed.peer_lost(self.world, exc, self.last_checkpoint) from None
         r = self.recipe.train
         trainable, total_params = adapters.count_parameters(self.model)
         self.emit(RunStarted(
@@ -530,21 +571,26 @@ def run_stages(recipe: Recipe, sinks: list, stop: StopSignal | None = None) -> F
     from macft.models.load import adapter_dir
 
     run_dir = recipe.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if any(run_dir.glob("stage-*")):
-        _check_resume_recipe(run_dir, recipe)
-    recipe_mod.dump(recipe, run_dir / "recipe.yaml")
+    main = distributed.world().main     # rank 0's folder says which stages are done
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if any(run_dir.glob("stage-*")):
+            _check_resume_recipe(run_dir, recipe)
+        recipe_mod.dump(recipe, run_dir / "recipe.yaml")
     previous = recipe.init_adapter
     done = None
     for stage in recipe_mod.stage_recipes(recipe):
         if previous:
             stage = dataclasses.replace(stage, init_adapter=str(previous))
-        if not is_finished(stage.run_dir):
+        if not distributed.world().agree(is_finished(stage.run_dir)):
             done = Trainer(stage, sinks, stop).run()
             if done.reason == "stopped":
                 return done
-        previous = adapter_dir(stage.run_dir)
-    checkpoint._write_text(run_dir / "finished.json", json.dumps({"stages": len(recipe.stages)}))
+        # Other ranks take the adapter from rank 0 (Trainer._sync_from_main), not from a path.
+        previous = adapter_dir(stage.run_dir) if main else stage.run_dir
+    if main:
+        checkpoint._write_text(run_dir / "finished.json",
+                               json.dumps({"stages": len(recipe.stages)}))
     if done is None:
         done = Finished(0, "completed", None, str(previous), 0.0)
     return done

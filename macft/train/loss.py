@@ -6,6 +6,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from macft.kernels import cross_entropy
 from macft.models import heads, patch
 
 
@@ -20,15 +21,15 @@ def token_losses(model: nn.Module, inputs: mx.array, targets: mx.array, position
     flat_targets = targets.reshape(-1)[positions]
     if parts is None:
         logits = model(inputs)
-        logits = logits.reshape(-1, logits.shape[-1])[positions]
-    else:
-        body, head = parts
-        h = body(inputs)
-        h = h.reshape(-1, h.shape[-1])[positions]
-        logits = head(h)
-    logits = logits.astype(mx.float32)
-    return mx.logsumexp(logits, axis=-1) - mx.take_along_axis(
-        logits, flat_targets[:, None], axis=-1).squeeze(-1)
+        logits = logits.reshape(-1, logits.shape[-1])[positions].astype(mx.float32)
+        return mx.logsumexp(logits, axis=-1) - mx.take_along_axis(
+            logits, flat_targets[:, None], axis=-1).squeeze(-1)
+    body, head = parts
+    h = body(inputs)
+    h = h.reshape(-1, h.shape[-1])[positions]
+    # The head's matmul and the loss together, chunked (never all logits); dW only when the
+    # head is trained.
+    return cross_entropy.losses(h, head, flat_targets)
 
 
 def sft_loss(model, inputs, targets, positions, denominator):
