@@ -149,7 +149,7 @@ def test_dispatcher_follows_the_switch(monkeypatch):
     real = attn.tiled
     monkeypatch.setattr(attn, "tiled", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     want = naive(q, k, v, scale, True, seg, cot)
-    for mode, tiled_calls in (("stock", 0), ("reference", 1), ("auto", 0)):
+    for mode, tiled_calls in (("stock", 0), ("reference", 1), ("auto", 0)):  # auto: blocked
         calls.clear()
         with kernels.using(mode):
             out = attn.attention(mx.array(q), mx.array(k), mx.array(v), scale, True,
@@ -179,7 +179,7 @@ def test_patched_model_attention_routes_through_the_dispatcher(tiny_model_dir, m
     row = mx.array(np.concatenate([a, b])[None])
     seg = mx.array(np.array([[0] * 7 + [1] * 9], np.int32))
     alone = np.array(model(mx.array(b[None])))[0]
-    for mode in ("stock", "reference"):
+    for mode in ("stock", "reference", "auto"):
         with kernels.using(mode), patch.segments(seg):
             out = np.array(model(row))[0]
         assert float(np.max(np.abs(out[7:] - alone))) < 1e-4, mode
@@ -233,3 +233,17 @@ def test_thirty_steps_same_losses_with_every_mode(tmp_path, tiny_model_dir):
     for mode in ("auto", "reference"):
         diff = max(abs(a - b) for a, b in zip(losses[mode], losses["stock"]))
         assert diff < 1e-3, (mode, diff, [round(a - b, 5) for a, b in zip(losses[mode], losses["stock"])])
+
+
+@pytest.mark.parametrize("block", [128, 8, 13])
+@pytest.mark.parametrize("name", list(CASES))
+def test_blocked_matches_naive(name, block):
+    case = CASES[name]
+    q, k, v, cot = problem(**case["shape"])
+    seg = packed(q.shape[0], q.shape[2], case["seg"]) if case["seg"] else None
+    scale = q.shape[-1] ** -0.5
+    want = naive(q, k, v, scale, case["causal"], seg, cot)
+    segments = mx.array(seg) if seg is not None else None
+    got = run(lambda q, k, v: attn.blocked(q, k, v, scale, case["causal"], segments, block=block),
+              q, k, v, cot)
+    assert worst(got, want) < TOL

@@ -4,7 +4,9 @@ Each mlx-lm model module calls ``scaled_dot_product_attention`` from ``mlx_lm.mo
 ``install`` replaces that name in the model's own module with ``_attention``, which sends
 causal training attention (with the packed-sequence segments set by ``segments(...)``) to
 ``kernels.attention.attention``, the dispatcher of the recipe's ``kernels`` switch.
-Generation with a KV cache and any other mask keep mlx-lm's original function.
+Generation with a KV cache and any other mask keep mlx-lm's original function. Where the
+module uses mlx-lm's ``swiglu``, it becomes ``kernels.swiglu``'s (the sigmoid kept for the
+backward) unless the recipe says ``kernels: stock``.
 """
 
 from __future__ import annotations
@@ -59,4 +61,11 @@ def install(model: nn.Module) -> bool:
         patched = _make_attention(current)
         setattr(patched, _ORIGINAL, current)
         module.scaled_dot_product_attention = patched
+    gate = getattr(module, "swiglu", None)      # llama, qwen2/3, qwen3_moe, ...
+    if gate is not None and getattr(gate, _ORIGINAL, None) is None:
+        from macft.kernels import swiglu
+
+        patched = swiglu.make(gate)
+        setattr(patched, _ORIGINAL, gate)
+        module.swiglu = patched
     return True
