@@ -305,8 +305,10 @@ def test_gradient_accumulation_equals_the_larger_batch(workdir):
     loss_a, w_a = _first_update(workdir, "accum-1x4", train__batch_size=4)
     loss_b, w_b = _first_update(workdir, "accum-2x2", train__batch_size=2, train__grad_accum=2)
     assert loss_a == pytest.approx(loss_b, abs=1e-5)
+    # Adam's first step is about lr * sign(grad), so a gradient entry near zero turns float32
+    # summation-order noise into ~1e-4 of the update: 1e-5 absolute against updates of ~3e-2.
     for key in w_a:
-        assert mx.allclose(w_a[key], w_b[key], atol=1e-6).item(), key
+        assert mx.allclose(w_a[key], w_b[key], atol=1e-5).item(), key
 
 
 def test_gradient_checkpointing_gives_the_same_losses(workdir):
