@@ -93,6 +93,12 @@ class TrainSpec:
     max_grad_norm: float = opt(1.0, "Clip the global gradient norm to this; 0 turns it off.")
     grad_checkpoint: bool = opt(False, "Recompute each block's activations in the backward "
                                        "pass (less memory, ~30% more time).")
+    compile: str = opt("auto", "Compile the SFT step with mx.compile, one graph per batch "
+                               "shape; on the CPU this runs the fast float32 exp of "
+                               "attention, SiLU and the loss. auto = on the CPU in float32 "
+                               "with kernels not stock, when each batch shape of the data "
+                               "recurs at least 3 times in the run; on; off.",
+                       choices=("auto", "on", "off"))
     seed: int = opt(0, "Seed for initialisation, dropout and data order.")
     eval_every: int = opt(50, "Validation loss every N steps (0: only at the end).")
     eval_batches: int = opt(0, "Validation batches per evaluation; 0 for all.")

@@ -96,6 +96,29 @@ def test_values_and_gradients_match_naive(chunks, hidden):
     assert not np.any(dw)
 
 
+@pytest.mark.parametrize("chunks", [ONE, MANY], ids=["one-chunk", "13-chunks"])
+def test_compiled_with_the_fast_exp_matches_naive(monkeypatch, chunks):
+    """As the trainer's compiled step runs it: ``fastexp`` enabled, the whole value-and-grad
+    compiled; the single chunk in row groups (4 rows a matmul, 2 rows a slice: 10 groups)."""
+    from macft.kernels import fastexp
+
+    monkeypatch.setattr(ce, "MATMUL_ELEMENTS", 4 * 512)
+    monkeypatch.setattr(ce, "SLICE_ELEMENTS", 2 * 512)
+    h, w, t, cot = problem(v=512)               # a width the row max folds (512 = 4 x 128)
+    want_loss, want_dh, want_dw = naive(h, w, t, cot)
+    tt, c = mx.array(t), mx.array(cot)
+    for trained in (True, False):
+        def total(h, w):
+            return (ce.linear_cross_entropy(h, w, tt, weight_grad=trained, **chunks) * c).sum()
+        step = mx.compile(mx.value_and_grad(total, argnums=(0, 1)))
+        with fastexp.enabled():
+            assert fastexp.active()
+            value, (dh, dw) = step(mx.array(h), mx.array(w))
+        assert abs(value.item() - float((want_loss * cot).sum())) < 1e-3
+        assert close(dh, want_dh) < TOL
+        assert close(dw, want_dw if trained else 0 * want_dw) < TOL
+
+
 def test_spans_cover_rows_within_the_chunk_budget():
     # The SFT case (4 x 512 tokens, a third or all trained, 49k vocab) is one chunk.
     assert ce.spans(683, 49152) == [(0, 683)]

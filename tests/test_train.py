@@ -311,6 +311,61 @@ def test_gradient_accumulation_equals_the_larger_batch(workdir):
         assert mx.allclose(w_a[key], w_b[key], atol=1e-5).item(), key
 
 
+@pytest.mark.parametrize("method,packing", [("lora", False), ("lora", True), ("qlora", False)])
+def test_compiled_step_matches_the_uncompiled_one(workdir, monkeypatch, method, packing):
+    """train.compile: the compiled SFT step (fast exp inside) makes the same updates as the
+    plain one, traces once per batch shape and really runs the fast exp."""
+    from macft.kernels import fastexp
+    from macft.train.loop import Trainer
+
+    traced = []
+    real = fastexp._exp
+    monkeypatch.setattr(fastexp, "_exp", lambda *a: traced.append(1) or real(*a))
+
+    def run(out, compile_):
+        recipe = make_recipe(workdir, out, method=method, train__steps=3, train__eval_every=0,
+                             train__save_every=0, train__compile=compile_,
+                             data__packing=packing)
+        trainer = Trainer(recipe, [])
+        trainer.setup()
+        shapes, losses, calls = [], [], []
+        for step in range(3):
+            shapes.append(trainer.micro_batches(step)[0].inputs.shape)
+            losses.append(trainer.train_step(step)[0])
+            calls.append(len(traced))
+        return trainer, shapes, losses, calls
+
+    plain, _, want, calls_off = run(f"cmp-off-{method}-{packing}", "off")
+    assert plain.compiled_step is None and calls_off == [0, 0, 0]
+    traced.clear()
+    comp, shapes, got, calls = run(f"cmp-on-{method}-{packing}", "auto")
+    assert comp.compiled_step is not None               # auto compiles on the CPU in float32
+    assert got == pytest.approx(want, abs=1e-5)
+    assert calls[0] > 0                                 # the fast exp is in the traced graph
+    for k in (1, 2):                                    # a known shape runs without tracing
+        if shapes[k] in shapes[:k]:
+            assert calls[k] == calls[k - 1], (shapes, calls)
+    for name, value in comp.model.trainable_parameters()["model"]["layers"][0].items():
+        other = plain.model.trainable_parameters()["model"]["layers"][0][name]
+        assert all(mx.allclose(a, b, atol=1e-5).item() for a, b in zip(
+            _leaves(value), _leaves(other))), name
+
+
+def _leaves(tree):
+    from mlx.utils import tree_flatten
+    return [v for _, v in tree_flatten(tree)]
+
+
+def test_compile_auto_stays_off_with_stock_kernels(workdir):
+    from macft.train.loop import Trainer
+
+    recipe = make_recipe(workdir, "cmp-stock", kernels="stock", train__steps=1,
+                         train__eval_every=0, train__save_every=0)
+    trainer = Trainer(recipe, [])
+    trainer.setup()
+    assert trainer.compiled_step is None
+
+
 def test_gradient_checkpointing_gives_the_same_losses(workdir):
     def losses(out, checkpointing):
         recipe = make_recipe(workdir, out, train__steps=4, train__eval_every=0,

@@ -59,6 +59,15 @@ class Batcher:
         idx = self.order(epoch)[j * self.batch_size:(j + 1) * self.batch_size]
         return self.collate([self.sequences[k] for k in idx])
 
+    def widths(self, epoch: int = 0) -> set[int]:
+        """The padded lengths of epoch ``epoch``'s batches: the batch shapes a run meets."""
+        lengths = np.array([len(s.ids) - 1 for s in self.sequences])
+        order, m, out = self.order(epoch), self.pad_to_multiple, set()
+        for j in range(self.batches_per_epoch):
+            longest = int(lengths[order[j * self.batch_size:(j + 1) * self.batch_size]].max())
+            out.add(max(m, -(-longest // m) * m))
+        return out
+
     def iter_eval(self):
         """Every sequence once, in the given order, the partial last batch included."""
         for start in range(0, len(self.sequences), self.batch_size):

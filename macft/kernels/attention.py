@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
+from macft.kernels import fastexp
 from macft.kernels.metal import MetalKernel
 
 
@@ -123,12 +124,12 @@ def tiled(q, k, v, scale: float, causal: bool = True, segments=None,
                 m_new = m_tile if m is None else mx.maximum(m, m_tile)
                 # A row may see no key of this tile yet (other segment): keep exp finite.
                 m_new = mx.where(mx.isinf(m_new), mx.array(0.0, m_new.dtype), m_new)
-                p = mx.exp(sc - m_new)
+                p = fastexp.exp_shifted(sc, m_new)
                 pv = p @ vg[..., j0:j1, :]
                 if m is None:
                     acc, l = pv, p.sum(-1, keepdims=True)
                 else:
-                    corr = mx.exp(m - m_new)
+                    corr = fastexp.exp_shifted(m, m_new)
                     acc = acc * corr + pv
                     l = l * corr + p.sum(-1, keepdims=True)
                 m = m_new
@@ -161,7 +162,8 @@ def tiled(q, k, v, scale: float, causal: bool = True, segments=None,
                 if last:
                     qi = mx.depends(qi, last)
                 kj, vj = kg[..., j0:j1, :], vg[..., j0:j1, :]
-                p = mx.exp(_scores(qi, kj, _tile_mask(i0, i1, j0, j1, offset, causal, seg)) - li)
+                p = fastexp.exp_shifted(
+                    _scores(qi, kj, _tile_mask(i0, i1, j0, j1, offset, causal, seg)), li)
                 dp = doi @ vj.swapaxes(-1, -2)
                 ds = p * (dp - di)
                 n = j0 // k_tile
@@ -194,8 +196,11 @@ def blocked(q, k, v, scale: float, causal: bool = True, segments=None, block: in
 
     On the CPU, where ``exp`` costs as much as a matmul, this does about 5/8 of the score work
     of MLX's op at T = 512 (blocks of 128), and one exp per score instead of two (MLX's
-    gradient recomputes the softmax). Memory is that of MLX's op or less: the kept
-    probabilities are the visible part of the (T x S) matrix.
+    gradient recomputes the softmax), with ``fastexp``'s softmax where it is enabled (the
+    compiled step on the CPU). Each key/value head's group of query heads is one product
+    (rep x rows, D), not rep broadcast ones, and dK/dV come out summed over the group. Memory
+    is that of MLX's op or less: the kept probabilities are the visible part of the (T x S)
+    matrix.
     """
     b, hq, t, d = q.shape
     hkv, s = k.shape[1], k.shape[2]
@@ -206,6 +211,11 @@ def blocked(q, k, v, scale: float, causal: bool = True, segments=None, block: in
 
     def grouped(x):
         return x.reshape(b, hkv, rep, t, d)
+
+    def rows_of(x, i0, i1):
+        # (B, Hkv, rep, T, D) -> the block's rows of every head of a group as one matrix
+        # (B, Hkv, rep * rows, D): one product per key/value head instead of rep broadcast ones.
+        return x[..., i0:i1, :].reshape(b, hkv, rep * (i1 - i0), d)
 
     def mask_of(i0, i1, end):
         mask = None
@@ -220,15 +230,16 @@ def blocked(q, k, v, scale: float, causal: bool = True, segments=None, block: in
     @mx.custom_function
     def attend(q, k, v):
         qg = grouped(q * scale)
-        kg, vg = k[:, :, None], v[:, :, None]
         outs, probs = [], []
         for (i0, i1), end in zip(rows, ends):
-            sc = qg[..., i0:i1, :] @ kg[..., :end, :].swapaxes(-1, -2)
+            sc = rows_of(qg, i0, i1) @ k[:, :, :end].swapaxes(-1, -2)   # (B, Hkv, rep*r, end)
             mask = mask_of(i0, i1, end)
             if mask is not None:
+                sc = sc.reshape(b, hkv, rep, i1 - i0, end)
                 sc = mx.where(mask, sc, mx.array(-mx.inf, sc.dtype))
-            p = mx.softmax(sc.astype(mx.float32), axis=-1).astype(q.dtype)
-            outs.append(p @ vg[..., :end, :])
+                sc = sc.reshape(b, hkv, rep * (i1 - i0), end)
+            p = fastexp.softmax(sc.astype(mx.float32), axis=-1).astype(q.dtype)
+            outs.append((p @ v[:, :, :end]).reshape(b, hkv, rep, i1 - i0, d))
             probs.append(p)
         out = mx.concatenate(outs, axis=-2) if len(outs) > 1 else outs[0]
         return (out.reshape(b, hq, t, d), *probs)
@@ -238,17 +249,17 @@ def blocked(q, k, v, scale: float, causal: bool = True, segments=None, block: in
         q, k, v = primals
         dout = grouped(cotangents[0])
         qg = grouped(q * scale)
-        kg, vg = k[:, :, None], v[:, :, None]
         delta = (dout * grouped(outputs[0])).sum(-1, keepdims=True)
         dq, dk, dv = [], None, None
         for (i0, i1), end, p in zip(rows, ends, outputs[1:]):
-            do = dout[..., i0:i1, :]
-            dp = do @ vg[..., :end, :].swapaxes(-1, -2)
-            ds = p * (dp - delta[..., i0:i1, :])
-            dq.append(ds @ kg[..., :end, :])
+            do = rows_of(dout, i0, i1)
+            dp = do @ v[:, :, :end].swapaxes(-1, -2)
+            ds = p * (dp - delta[..., i0:i1, :].reshape(b, hkv, rep * (i1 - i0), 1))
+            dq.append((ds @ k[:, :, :end]).reshape(b, hkv, rep, i1 - i0, d))
             pad = [(0, 0), (0, 0), (0, s - end), (0, 0)]
-            dk_i = mx.pad((ds.swapaxes(-1, -2) @ qg[..., i0:i1, :]).sum(2), pad)
-            dv_i = mx.pad((p.swapaxes(-1, -2) @ do).sum(2), pad)
+            # The products over rep * rows sum the group's heads: dk and dv per key head.
+            dk_i = mx.pad(ds.swapaxes(-1, -2) @ rows_of(qg, i0, i1), pad)
+            dv_i = mx.pad(p.swapaxes(-1, -2) @ do, pad)
             dk = dk_i if dk is None else dk + dk_i
             dv = dv_i if dv is None else dv + dv_i
         dq = mx.concatenate(dq, axis=-2) if len(dq) > 1 else dq[0]

@@ -8,7 +8,8 @@ into ``(softmax - onehot) * g`` and multiplies back, giving dh (and dW only when
 says the weight is trained: with LoRA the head is frozen and dW would be a wasted (V x D)
 product). A smaller problem is one chunk that keeps its exponentials from the forward instead:
 no recomputed matmul and one ``exp`` over the logits instead of the stock path's two (on MLX's
-CPU backend ``exp`` costs about as much as the matmul).
+CPU backend ``exp`` costs about as much as the matmul), worked in row slices with
+``fastexp``'s exp and row reductions where that is enabled (the compiled step on the CPU).
 
 The softmax parts run as plain MLX ops (the reference, any backend) or as two Metal kernels
 (``ce_forward``: a row's online log-sum-exp and its loss in one pass; ``ce_backward``: the
@@ -22,6 +23,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from macft.kernels import fastexp
 from macft.kernels.metal import MetalKernel
 from macft.kernels.qmatmul import long_matmul
 
@@ -51,14 +53,14 @@ def spans(n: int, vocab: int, chunk_elements: int = CHUNK_ELEMENTS,
 
 def _ref_forward(logits, targets):
     """(loss, lse) per row of float32 logits."""
-    lse = mx.logsumexp(logits, axis=-1)
+    lse = fastexp.logsumexp(logits, axis=-1)
     picked = mx.take_along_axis(logits, targets[:, None], axis=-1).squeeze(-1)
     return lse - picked, lse
 
 
 def _ref_backward(logits, lse, targets, g, dtype):
     """softmax(logits) * g in ``dtype``; the one-hot part is left to ``_products``."""
-    return (mx.exp(logits - lse[:, None]) * g[:, None]).astype(dtype)
+    return (fastexp.exp_shifted(logits, lse[:, None]) * g[:, None]).astype(dtype)
 
 
 def _products(d, hc, w, targets, g, weight_grad: bool, onehot_done: bool):
@@ -243,25 +245,62 @@ def _weight_cotangent(dw, w):
     return dw.astype(w.dtype)
 
 
+# ``_single`` multiplies rows in groups of about MATMUL_ELEMENTS logits (128 MB in float32; a
+# few hundred rows keep OpenBLAS near its full-matrix rate) and turns each group into
+# exponentials in slices of about SLICE_ELEMENTS (8 MB): buffers of that size are reused from
+# the heap, where 400 MB ones are fresh pages at every step, and a slice is still in cache
+# when it is summed.
+MATMUL_ELEMENTS = 1 << 25
+SLICE_ELEMENTS = 1 << 21
+
+
+def _groups(n: int, vocab: int, elements: int, start: int = 0) -> list[tuple[int, int]]:
+    per = max(1, elements // max(1, vocab))
+    return [(i, min(start + n, i + per)) for i in range(start, start + n, per)]
+
+
 def _single(h, weight, targets, weight_grad: bool):
     """One chunk: the forward hands its exponentials and their row sums to the backward."""
+    n, vocab = h.shape[0], weight.shape[0]
+    if fastexp.active():
+        groups = [((g0, g1), _groups(g1 - g0, vocab, SLICE_ELEMENTS, g0))
+                  for g0, g1 in _groups(n, vocab, MATMUL_ELEMENTS)]
+    else:   # MLX's ops: one matmul and one pass (slices measured slower there)
+        groups = [((0, n), [(0, n)])]
 
     @mx.custom_function
     def ce(h, w):
-        logits = (h @ w.T).astype(mx.float32)
-        m = logits.max(axis=-1, keepdims=True)
-        e = mx.exp(logits - m)
-        s = e.sum(axis=-1, keepdims=True)
-        picked = mx.take_along_axis(logits, targets[:, None], axis=-1)
-        return (m + mx.log(s) - picked).squeeze(-1), e, s
+        losses, kept = [], []
+        for (g0, g1), slices in groups:
+            logits = (h[g0:g1] @ w.T).astype(mx.float32)
+            for i0, i1 in slices:
+                part = logits[i0 - g0:i1 - g0]
+                m = fastexp.row_max(part)
+                e = fastexp.exp_shifted(part, m)
+                s = fastexp.row_sum(e)
+                picked = mx.take_along_axis(part, targets[i0:i1, None], axis=-1)
+                losses.append((m + mx.log(s) - picked).squeeze(-1))
+                kept += [e, s]
+        return (mx.concatenate(losses) if len(losses) > 1 else losses[0], *kept)
 
     @ce.vjp
     def ce_vjp(primals, cotangents, outputs):
         h, w = primals
-        _, e, s = outputs
         g = cotangents[0].astype(mx.float32)
-        d = (e * (g[:, None] / s)).astype(h.dtype)
-        dh, dw = _products(d, h, w, targets, g, weight_grad, onehot_done=False)
+        dh, dw, k = [], None, 1
+        for (g0, g1), slices in groups:
+            ds = []
+            for i0, i1 in slices:
+                e, s = outputs[k], outputs[k + 1]
+                k += 2
+                ds.append((e * (g[i0:i1, None] / s)).astype(h.dtype))
+            d = mx.concatenate(ds) if len(ds) > 1 else ds[0]
+            dh_c, dw_c = _products(d, h[g0:g1], w, targets[g0:g1], g[g0:g1], weight_grad,
+                                   onehot_done=False)
+            dh.append(dh_c)
+            if dw_c is not None:
+                dw = dw_c if dw is None else dw + dw_c
+        dh = mx.concatenate(dh) if len(dh) > 1 else dh[0]
         return dh, _weight_cotangent(dw, w)
 
     return ce(h, weight)[0]

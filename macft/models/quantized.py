@@ -7,6 +7,8 @@ place (no copy of the weights).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 
 import mlx.core as mx
@@ -25,12 +27,40 @@ CACHE_BUDGET_BYTES = int(os.environ.get("MACFT_DEQUANT_CACHE_MB", "4096")) << 20
 _cached_bytes = 0
 
 
+# Inside a compiled step the arrays are tracers: a copy cannot be made (no eval) and identity
+# with the source weight cannot be checked. ``frozen_caches`` says the bases do not change
+# there: the copies made by ``warm`` beforehand are used as they are.
+_FROZEN: contextvars.ContextVar[bool] = contextvars.ContextVar("macft_frozen_dq", default=False)
+
+
+@contextlib.contextmanager
+def frozen_caches():
+    token = _FROZEN.set(True)
+    try:
+        yield
+    finally:
+        _FROZEN.reset(token)
+
+
+def warm(model: nn.Module, dtype) -> int:
+    """Make the float copies of every affine quantized layer now (within the budget), before a
+    compiled step that cannot make them; return how many exist."""
+    count = 0
+    for _, module in model.named_modules():
+        if (isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding))
+                and getattr(module, "mode", "affine") == "affine"):
+            count += _cached_float(module, dtype) is not None
+    return count
+
+
 def _cached_float(module, dtype):
     global _cached_bytes
     w = module["weight"]
     hit = module.get("_dq")
-    if hit is not None and module.get("_dq_src") is w and hit.dtype == dtype:
+    if hit is not None and hit.dtype == dtype and (_FROZEN.get() or module.get("_dq_src") is w):
         return hit
+    if _FROZEN.get():
+        return None
     rows, cols = w.shape[0], w.shape[1] * 32 // module.bits
     size = rows * cols * dtype.size
     if hit is None and _cached_bytes + size > CACHE_BUDGET_BYTES:

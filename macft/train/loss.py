@@ -41,6 +41,31 @@ def sft_loss(model, inputs, targets, positions, denominator):
     return token_losses(model, inputs, targets, positions).sum() / denominator
 
 
+def weighted_token_losses(model: nn.Module, inputs: mx.array, targets: mx.array,
+                          weights: mx.array):
+    """Per-token cross-entropy at every position, times ``weights`` (B, T) (0 = not trained).
+
+    The compiled step's form of ``token_losses``: every array keeps the batch's shape, so one
+    compiled graph serves every batch of that shape (``positions`` changes size each batch).
+    """
+    parts = heads.split(model)
+    flat_targets = targets.reshape(-1)
+    flat_weights = weights.reshape(-1)
+    if parts is None:
+        logits = model(inputs)
+        logits = logits.reshape(-1, logits.shape[-1]).astype(mx.float32)
+        return (mx.logsumexp(logits, axis=-1) - mx.take_along_axis(
+            logits, flat_targets[:, None], axis=-1).squeeze(-1)) * flat_weights
+    body, head = parts
+    h = body(inputs)
+    return cross_entropy.losses(h.reshape(-1, h.shape[-1]), head, flat_targets, flat_weights)
+
+
+def weighted_sft_loss(model, inputs, targets, weights, denominator):
+    """``sft_loss`` over weighted positions (see ``weighted_token_losses``)."""
+    return weighted_token_losses(model, inputs, targets, weights).sum() / denominator
+
+
 def mean_loss(model, batches, limit: int = 0) -> float | None:
     """Mean cross-entropy over the trained tokens of ``batches`` (validation, eval)."""
     total, count = 0.0, 0
