@@ -1,7 +1,7 @@
 """The tuned quickstart model, exported to GGUF and run by llama.cpp (acceptance of issue 3).
 
 One module-scoped fixture trains the shipped quickstart recipe exactly as a user would (QLoRA on
-the SmolLM2 GGUF, 50 steps: ~7 minutes on 2 cores). The exports are then compared with the MLX
+the SmolLM2 GGUF, 100 steps: ~6 minutes on 2 cores). The exports are then compared with the MLX
 model on the test split: per-token next-token agreement and perplexity on the answer tokens
 (the tokens the fine-tune is about; measured over whole conversations as well, q8_0 agreed on
 98.3% of the positions, the misses being near-ties inside the users' free-form notes), and the
