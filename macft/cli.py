@@ -307,7 +307,14 @@ COMMANDS = {"run": cmd_run, "plan": cmd_plan, "eval": cmd_eval, "generate": cmd_
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling `overrides` at the first option, so `run r.yaml --force a=b` would
+    # leave a=b over; overrides may come before or after the options.
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-")
+                                                     for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     debug = getattr(args, "debug", False) or os.environ.get("MACFT_DEBUG") == "1"
     if getattr(args, "offline", False):
         from macft import runtime

@@ -84,6 +84,19 @@ def test_unknown_override_key(tmp_path, capsys, model_dir):
     assert "unknown key 'train.bach_size' (did you mean 'train.batch_size'?)" in one_line(err)
 
 
+
+def test_overrides_after_the_options_are_overrides(tmp_path, capsys, model_dir):
+    """argparse alone stops filling the overrides at the first option; macft takes them anyway."""
+    path = recipe_file(tmp_path, model_dir, tmp_path / "x.jsonl")
+    code, err = run_main(capsys, ["run", str(path), "--force", "train.bach_size=4"])
+    assert code == 2
+    assert "unknown key 'train.bach_size' (did you mean 'train.batch_size'?)" in one_line(err)
+
+    with pytest.raises(SystemExit) as exc:          # a stray word is still argparse's error
+        main(["run", str(path), "--force", "stray"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: stray" in capsys.readouterr().err
+
 def test_missing_paths(tmp_path, capsys, model_dir):
     code, err = run_main(capsys, ["run", str(tmp_path / "nope.yaml")])
     assert code == 2 and f"{tmp_path / 'nope.yaml'}: recipe file not found" in one_line(err)
