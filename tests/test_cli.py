@@ -84,7 +84,6 @@ def test_unknown_override_key(tmp_path, capsys, model_dir):
     assert "unknown key 'train.bach_size' (did you mean 'train.batch_size'?)" in one_line(err)
 
 
-
 def test_overrides_after_the_options_are_overrides(tmp_path, capsys, model_dir):
     """argparse alone stops filling the overrides at the first option; macft takes them anyway."""
     path = recipe_file(tmp_path, model_dir, tmp_path / "x.jsonl")
@@ -96,6 +95,7 @@ def test_overrides_after_the_options_are_overrides(tmp_path, capsys, model_dir):
         main(["run", str(path), "--force", "stray"])
     assert exc.value.code == 2
     assert "unrecognized arguments: stray" in capsys.readouterr().err
+
 
 def test_missing_paths(tmp_path, capsys, model_dir):
     code, err = run_main(capsys, ["run", str(tmp_path / "nope.yaml")])
