@@ -2,9 +2,10 @@
 
     python bench/blas.py
 
-Prints one table: float32 matmul GFLOP/s with the BLAS macft loads and with MLX's reference
-BLAS (MACFT_BLAS=0, in a subprocess), and a 4-bit layer through MLX's quantized_matmul vs
-macft's dequantize-then-BLAS path.
+Prints the machine (CPU model, AVX2 / AVX-512), then one table: float32 matmul GFLOP/s with the
+BLAS macft loads, with every other OpenBLAS it could load on this CPU (forced through
+MACFT_BLAS, each in its own subprocess) and with MLX's reference BLAS (MACFT_BLAS=0), and a
+4-bit layer through MLX's quantized_matmul vs macft's dequantize-then-BLAS path.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ def measure() -> dict:
     from macft import runtime
     from macft.kernels.qmatmul import reference
 
-    out = {"blas": runtime.BLAS_STATUS}
+    out = {"blas": runtime.BLAS_STATUS, "library": runtime.blas_info().library}
+    if "--quick" in sys.argv:
+        return out
     for n in (512, 1024, 2048):
         a, b = mx.random.normal((n, n)), mx.random.normal((n, n))
         mx.eval(a, b)
@@ -49,19 +52,44 @@ def measure() -> dict:
     return out
 
 
+def _child(env: dict, quick: bool = False) -> str:
+    argv = [sys.executable, __file__, "--child"] + (["--quick"] if quick else [])
+    proc = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, **env),
+                          check=True)
+    return proc.stdout.strip().splitlines()[-1]
+
+
 def main() -> None:
     if "--child" in sys.argv:
         print(json.dumps(measure()))
         return
-    rows = {}
-    for label, env in (("macft", {}), ("MLX bundled", {"MACFT_BLAS": "0"})):
-        proc = subprocess.run([sys.executable, __file__, "--child"], capture_output=True,
-                              text=True, env=dict(os.environ, **env), check=True)
-        rows[label] = json.loads(proc.stdout.strip().splitlines()[-1])
-    keys = [k for k in rows["macft"] if k != "blas"]
-    print(f"{'GFLOP/s (float32)':<24}" + "".join(f"{label:>16}" for label in rows))
+    from macft import blas
+
+    flags = blas.cpu_flags()
+    simd = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "no AVX2")
+    print(f"machine: {blas.cpu_model()}, {os.cpu_count()} cores, {simd}")
+    loaded = json.loads(_child({}, quick=True))["library"]
+    runs = [("macft", {})]
+    for source, lib in blas.candidates():
+        verdict = blas.probe(lib)
+        if str(lib) != loaded and verdict.get("ok"):
+            runs.append((source, {"MACFT_BLAS": str(lib)}))
+        if verdict.get("ok") and verdict.get("core") != "HASWELL" and "avx2" in flags \
+                and source != "cmeel-openblas":
+            # A DYNAMIC_ARCH build with the kernels it picks on an AVX2-only CPU (an estimate
+            # of that CPU's BLAS on this one; not a measurement of such a machine).
+            runs.append((f"{source} HASWELL",
+                         {"MACFT_BLAS": str(lib), "OPENBLAS_CORETYPE": "Haswell"}))
+    runs.append(("MLX bundled", {"MACFT_BLAS": "0"}))
+    rows = {label: json.loads(_child(env)) for label, env in runs}
+    keys = [k for k in rows["macft"] if k not in ("blas", "library")]
+    width = max(16, *(len(label) + 2 for label in rows))
+    print(f"{'GFLOP/s (float32)':<24}" + "".join(f"{label:>{width}}" for label in rows))
     for key in keys:
-        print(f"{key:<24}" + "".join(f"{rows[label][key]:>16.1f}" for label in rows))
+        print(f"{key:<24}" + "".join(f"{rows[label][key]:>{width}.1f}" for label in rows))
+    bundled = rows["MLX bundled"]["matmul 1024"]
+    print(f"{'matmul 1024 / bundled':<24}" + "".join(
+        f"{r['matmul 1024'] / bundled:>{width - 1}.1f}x" for r in rows.values()))
     for label, r in rows.items():
         print(f"{label}: {r['blas']}")
 
