@@ -157,3 +157,29 @@ def test_reference_blas_when_asked(tmp_path):
     info, proc = child_info(tmp_path, MACFT_BLAS="0")
     assert (info["library"], info["source"]) == (None, "MACFT_BLAS=0")
     assert proc.stderr == ""
+
+
+@linux_x86
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="qemu-user is not installed")
+def test_on_an_emulated_cpu_without_avx512_the_skylakex_build_is_refused(tmp_path):
+    """The whole start under qemu's Haswell CPU (AVX2 and FMA, no AVX-512), probes included."""
+    lib_dirs = [Path(p) for p in sys.path if p.endswith("site-packages")]
+    if not any((d / "cmeel.prefix" / "lib" / "libopenblas.so.0").exists() for d in lib_dirs):
+        pytest.skip("cmeel-openblas is not installed")
+    emulate = ["qemu-x86_64", "-cpu", "Haswell"]
+    code = ("import macft; from macft import runtime; import mlx.core as mx; "
+            "a = mx.arange(64 * 64, dtype=mx.float32).reshape(64, 64) / 4096; b = a @ a.T; "
+            "print(runtime.blas_info().status); print(round(float(b[3, 5]), 4))")
+    env = dict(os.environ, MACFT_CACHE=str(tmp_path / "cache"),
+               MACFT_BLAS_PROBE_PREFIX=" ".join(emulate))
+    env.pop("MACFT_BLAS", None)
+    proc = subprocess.run(emulate + [sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    status, value = proc.stdout.strip().splitlines()[-2:]
+    assert "(HASWELL kernels" in status
+    assert "cmeel-openblas libopenblas.so.0 refused: a matrix product in it died with SIGILL" \
+        in status
+    want = sum((3 * 64 + k) * (5 * 64 + k) for k in range(64)) / 4096 ** 2
+    assert float(value) == pytest.approx(want, abs=1e-4)
