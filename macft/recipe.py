@@ -142,10 +142,12 @@ class Recipe:
                                 "ipo, orpo or simpo on preference pairs.", choices=OBJECTIVES)
     preference: PreferenceSpec = field(default_factory=PreferenceSpec,
                                        metadata={"help": "Preference-objective settings."})
-    kernels: str = opt("auto", "Training ops: auto = device kernels where they apply, else the "
-                               "memory-bounded references (tiled attention, chunked "
-                               "cross-entropy); reference = always the references; stock = "
-                               "MLX's own ops.", choices=("auto", "reference", "stock"))
+    kernels: str = opt("auto", "Training ops: auto = device kernels (Metal) where they apply "
+                               "and passed their parity check on this device (run once, "
+                               "cached), else the memory-bounded references (tiled attention, "
+                               "chunked cross-entropy); device = the device kernels unchecked; "
+                               "reference = always the references; stock = MLX's own ops.",
+                       choices=("auto", "device", "reference", "stock"))
     init_adapter: str | None = opt(None, "Start from these adapter weights (a folder with "
                                          "adapters.safetensors) instead of fresh ones.")
     stages: list = opt([], "Stages run in order (e.g. sft then dpo); each is a partial recipe "

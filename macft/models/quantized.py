@@ -16,6 +16,7 @@ import mlx.nn as nn
 from mlx_lm.tuner.lora import LoRALinear
 
 from macft import kernels
+from macft.kernels import verify
 from macft.kernels.qmatmul import dequantized, qlora_linear, quantized_matmul
 
 # On the CPU, dequantizing a frozen weight on every call costs more than the matmul itself for
@@ -110,11 +111,11 @@ class QLoRALinear(LoRALinear):
             return super().__call__(x)
         dropped = self.dropout(x)           # the same object when dropout is off or p == 0
         on_cpu = mx.default_device() == mx.cpu
-        y = qlora_linear(x, base["weight"], base["scales"], base.get("biases"), self.lora_a,
-                         self.lora_b, self.scale, base.group_size, base.bits,
-                         dropped=None if dropped is x else dropped,
-                         dense=_cached_float(base, x.dtype) if on_cpu else None,
-                         kernel=mode == "auto" and not on_cpu and mx.metal.is_available())
+        op = verify.pick("qlora", x) or qlora_linear     # a device kernel that passed its check
+        y = op(x, base["weight"], base["scales"], base.get("biases"), self.lora_a,
+               self.lora_b, self.scale, base.group_size, base.bits,
+               dropped=None if dropped is x else dropped,
+               dense=_cached_float(base, x.dtype) if on_cpu else None)
         if "bias" in base:
             y = y + base["bias"]
         return y

@@ -24,6 +24,7 @@ from mlx.utils import tree_map
 from macft import kernels, recipe as recipe_mod
 from macft import runtime
 from macft.errors import MacftError
+from macft.kernels import verify
 from macft.events import (Checkpoint, Eval, Failed, Finished, MetricsFile, RunStarted, Sample,
                           Step, StopSignal)
 from macft.models import adapters, patch
@@ -193,6 +194,7 @@ class Trainer:
             self.sinks.append(MetricsFile(self.run_dir / "metrics.jsonl"))
         self.backend = runtime.backend(r.model.dtype)
         kernels.set_mode(r.kernels)
+        self.kernel_checks = verify.for_run(r.kernels)     # device kernels: checked, cached
         if self.loaded is None:
             self.loaded = load_base(r.model.path, r.model.revision, r.model.dtype)
         self.model = self.loaded.model
@@ -534,6 +536,8 @@ class Trainer:
             total_steps=self.total, start_step=self.step, trainable_params=trainable,
             total_params=total_params, train_examples=len(self.data.train.sequences),
             data_stats=self.data.stats))
+        for event in self.kernel_checks:
+            self.emit(event)
         kill_after = int(os.environ.get("MACFT_DEBUG_KILL_AFTER_STEP", "0") or 0)
         start = time.monotonic()
         reason = "completed"

@@ -16,8 +16,8 @@ from macft.errors import MacftError
 # A run whose metrics.jsonl has not changed for this long is no longer trained by anyone.
 STALE_AFTER = 600.0
 
-EVENT_TYPES = {cls.__name__: cls for cls in (ev.RunStarted, ev.Step, ev.Eval, ev.Sample,
-                                             ev.Checkpoint, ev.Finished, ev.Failed)}
+EVENT_TYPES = {cls.__name__: cls for cls in (ev.RunStarted, ev.KernelCheck, ev.Step, ev.Eval,
+                                             ev.Sample, ev.Checkpoint, ev.Finished, ev.Failed)}
 
 
 def event_from_json(row: dict) -> ev.Event | None:
@@ -82,6 +82,9 @@ class RunState:
         verb = f"resumed at step {e.start_step}" if e.start_step else "started"
         self._log(f"{verb}: {e.method} on {e.model} ({e.device}, {e.dtype}), "
                   f"{e.trainable_params:,} trainable of {e.total_params:,} parameters")
+
+    def _on_KernelCheck(self, e: ev.KernelCheck) -> None:
+        self._log(e.line())
 
     def _on_Step(self, e: ev.Step) -> None:
         self.last, self.step, self.total_steps = e, e.step, e.total_steps
