@@ -305,7 +305,6 @@ def _yes(flag: bool | None) -> str:
 def doctor_lines(facts) -> list[str]:
     """``macft doctor``: one fact a line."""
     b = facts.blas
-    blas = b["status"] + (f" [{b['library']}]" if b["library"] else "")
     threads = f", {b['threads']} threads" if b["threads"] else ""
     speed = (f"{facts.gflops:.1f} GFLOP/s (float32 1024x1024 matmul on the CPU{threads})"
              if facts.gflops is not None else "not measured")
@@ -319,7 +318,8 @@ def doctor_lines(facts) -> list[str]:
         f"mlx: {facts.mlx}, backend {facts.backend}",
         f"device: {facts.device}",
         f"compute dtype: {facts.dtype} (model.dtype auto)",
-        f"blas: {blas}",
+        f"blas: {b['status']}",
+        f"blas library: {b['library'] or 'none loaded (MLX links its own)'}",
         f"blas core type: {b['core'] or 'n/a'}",
         f"blas speed: {speed}",
         f"compiler for mx.compile's CPU kernels: {compiler}",

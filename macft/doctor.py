@@ -15,9 +15,8 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from macft import runtime
+from macft import blas, runtime
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,8 @@ class Facts:
     backend: str             # "metal", "cuda" or "cpu": what this MLX build can compute on
     device: str              # MLX's default device, as runtime describes it
     dtype: str               # the compute dtype ``model.dtype: auto`` picks here
-    blas: dict               # library, name, core, threads, status, reason
+    blas: dict               # runtime.blas_info(): library, name, core, threads, source,
+                             # reason, status
     gflops: float | None     # measured float32 matmul rate on the CPU (None: not measured)
     compiler: str | None     # g++ (what mx.compile builds its CPU kernels with), or None
     compiler_version: str
@@ -59,43 +59,12 @@ class Facts:
         return dataclasses.asdict(self)
 
 
-# ----- the CPU -----------------------------------------------------------------------------------
-
-def cpu_flags() -> set[str]:
-    """The CPU flags the kernel reports (first processor of /proc/cpuinfo); empty elsewhere."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
-
+# ----- the CPU and the BLAS --------------------------------------------------------------------
 
 def _x86_flag(flags: set[str], name: str) -> bool | None:
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "i386") or not flags:
         return None
     return name in flags
-
-
-# ----- the BLAS ----------------------------------------------------------------------------------
-
-def blas() -> dict:
-    """What runtime loaded: library path, name, core type, threads, status line and reason."""
-    status = runtime.BLAS_STATUS
-    handle = getattr(runtime, "_BLAS_HANDLE", None)
-    name, _, rest = status.partition(" (")
-    core = rest.rstrip(")") if status.startswith("OpenBLAS") and rest else None
-    threads = None
-    if handle is not None:
-        try:
-            threads = int(handle.openblas_get_num_threads())
-        except (AttributeError, OSError):
-            threads = None
-    return {"library": getattr(handle, "_name", None), "name": name, "core": core,
-            "threads": threads, "status": status, "reason": ""}
 
 
 def matmul_gflops(n: int = 1024, seconds: float = 0.3) -> float:
@@ -182,9 +151,7 @@ def kernel_facts() -> tuple[KernelFact, ...]:
 def gather(offline_flag: bool = False, measure: bool = True) -> Facts:
     import mlx.core as mx
 
-    from macft.kernels import verify
-
-    flags = cpu_flags()
+    flags = blas.cpu_flags()
     cuda = getattr(mx, "cuda", None)
     kind = ("metal" if mx.metal.is_available()
             else "cuda" if cuda is not None and cuda.is_available() else "cpu")
@@ -193,11 +160,11 @@ def gather(offline_flag: bool = False, measure: bool = True) -> Facts:
     is_offline, why = offline(offline_flag)
     return Facts(
         os=f"{platform.system()} {platform.release()}", machine=platform.machine(),
-        cpu=verify.cpu_model(), cores=os.cpu_count() or 0,
+        cpu=blas.cpu_model(), cores=os.cpu_count() or 0,
         avx2=_x86_flag(flags, "avx2"), avx512=_x86_flag(flags, "avx512f"),
         python=platform.python_version(), python_path=sys.executable,
         mlx=mx.__version__, backend=kind, device=backend.device, dtype=backend.dtype,
-        blas=blas(), gflops=matmul_gflops() if measure else None,
+        blas=runtime.blas_info().as_dict(), gflops=matmul_gflops() if measure else None,
         compiler=path, compiler_version=version, fast_exp=fast_exp(),
         offline=is_offline, offline_why=why, hf_cache=hf_cache(),
-        macft_cache=str(verify.cache_dir()), kernels=kernel_facts())
+        macft_cache=str(blas.cache_dir()), kernels=kernel_facts())

@@ -61,8 +61,10 @@ def test_every_line_is_a_fact_of_this_machine(capsys, cache, monkeypatch):
     assert facts["mlx"] == f"{mx.__version__}, backend cpu"
     assert facts["device"] == "cpu"
     assert facts["compute dtype"] == "float32 (model.dtype auto)"
-    status = runtime.BLAS_STATUS
-    assert facts["blas"].startswith(status)
+    info = runtime.blas_info()                               # what runtime loaded
+    assert facts["blas"] == info.status and info.name in info.status
+    assert facts["blas library"] == (info.library or "none loaded (MLX links its own)")
+    assert facts["blas core type"] == (info.core or "n/a")
     speed = re.fullmatch(r"(\d+\.\d) GFLOP/s \(float32 1024x1024 matmul on the CPU"
                          r"(, \d+ threads)?\)", facts["blas speed"])
     assert speed and float(speed.group(1)) > 0.5
@@ -103,7 +105,7 @@ def test_offline_json_and_a_cached_verdict(capsys, cache, monkeypatch):
                                   "applies": True, "verdict": "failed", "detail": found.detail,
                                   "checked": found.checked}
     assert data["device"] == "cpu" and data["backend"] == "cpu" and data["gflops"] > 0
-    assert data["blas"]["status"] == runtime.BLAS_STATUS
+    assert data["blas"] == runtime.blas_info().as_dict()
 
 
 def test_the_command_in_a_fresh_process(tmp_path):

@@ -87,28 +87,10 @@ class Verdict:
 
 # ----- where verdicts live ---------------------------------------------------------------------
 
-def cache_dir() -> Path:
-    """The macft user cache folder: ``MACFT_CACHE``, else ``$XDG_CACHE_HOME/macft``, else
-    ``~/.cache/macft``."""
-    if os.environ.get("MACFT_CACHE"):
-        return Path(os.environ["MACFT_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "macft"
-
-
 def cache_path() -> Path:
-    return cache_dir() / CACHE_FILE
+    from macft import blas
 
-
-@functools.cache
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Model"):
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return blas.cache_dir() / CACHE_FILE
 
 
 def device_name() -> str:
@@ -118,7 +100,14 @@ def device_name() -> str:
             info = _metal_info()
             return f"Metal: {info.get('device_name', 'unknown GPU')}"
         return "gpu"
-    return f"cpu: {cpu_model()} ({platform.machine()})"
+    return f"cpu: {_cpu_model()} ({platform.machine()})"
+
+
+@functools.cache
+def _cpu_model() -> str:
+    from macft import blas
+
+    return blas.cpu_model()
 
 
 @functools.cache
