@@ -554,11 +554,6 @@ def metal_fits(q, k, *rest) -> bool:
     return q.shape[-1] in HEAD_DIMS and q.shape[1] % k.shape[1] == 0
 
 
-def metal_applies(q, k) -> bool:
-    """The Metal kernels can run (Metal, on the GPU) and handle these shapes."""
-    return verify.metal_here() and metal_fits(q, k)
-
-
 def metal_attention(q, k, v, scale: float, causal: bool = True, segments=None):
     """``tiled``'s contract (same arguments, same results) computed by the Metal kernels."""
     b, hq, t, d = q.shape

@@ -10,8 +10,9 @@ compile error, a crash or a mismatch keeps the reference and never fails the run
 
 Verdicts are cached as JSON in the macft cache folder, one entry per (device, MLX version,
 macft version) and kernel, with a fingerprint of the kernel's sources, so the check runs once
-per machine and again after an upgrade. ``prepare`` (called by the trainer) runs or reads them;
-``pick`` (called by the dispatchers) only reads what ``prepare`` found.
+per machine and again after an upgrade. ``for_run`` (called by the trainer at set-up) runs or
+reads them and returns the run's ``KernelCheck`` events; ``pick`` (called by the dispatchers,
+also inside compiled steps) only reads what it found.
 """
 
 from __future__ import annotations
