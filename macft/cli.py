@@ -82,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-tokens", type=int, default=256)
     chat.add_argument("--temp", type=float, default=0.0, help="sampling temperature (0: greedy)")
     chat.add_argument("--ctx", type=int, default=4096, help="context length")
+    init = sub.add_parser("init", parents=[common],
+                          help="copy a shipped recipe and its data into a folder, to run there")
+    init.add_argument("name", help="a shipped recipe (quickstart, dpo-quickstart, ...)")
+    init.add_argument("dir", nargs="?", help="the folder to make (default: NAME)")
     opts = sub.add_parser("options", parents=[common], help="list every recipe option")
     opts.add_argument("--markdown", action="store_true", help="as a Markdown table")
     tui = sub.add_parser("tui", parents=[common],
@@ -294,6 +298,16 @@ def cmd_chat(args) -> int:
                 temperature=args.temp, lora=args.lora, n_ctx=args.ctx)
 
 
+def cmd_init(args) -> int:
+    from macft import shipped
+
+    files = shipped.init(args.name, args.dir)
+    folder = files[0].parent
+    _console(f"{folder}: " + ", ".join(str(f.relative_to(folder)) for f in files))
+    _console(f"run it: cd {folder} && macft run recipe.yaml")
+    return 0
+
+
 def cmd_tui(args) -> int:
     from macft.tui import run_app  # lazily: the headless commands never load Textual
 
@@ -302,7 +316,8 @@ def cmd_tui(args) -> int:
 
 COMMANDS = {"run": cmd_run, "plan": cmd_plan, "eval": cmd_eval, "generate": cmd_generate,
             "fuse": cmd_fuse,
-            "export": cmd_export, "chat": cmd_chat, "options": cmd_options, "tui": cmd_tui}
+            "export": cmd_export, "chat": cmd_chat, "options": cmd_options, "tui": cmd_tui,
+            "init": cmd_init}
 
 
 def main(argv: list[str] | None = None) -> int:
