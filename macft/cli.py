@@ -86,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
                          help="one screen of facts: platform, MLX, device, BLAS speed, compiler, "
                               "offline state, caches, and each kernel's parity verdict here")
     doc.add_argument("--json", action="store_true", help="the same facts as one JSON object")
+    init = sub.add_parser("init", parents=[common],
+                          help="copy a shipped recipe and its data into a folder, to run there")
+    init.add_argument("name", help="a shipped recipe (quickstart, dpo-quickstart, ...)")
+    init.add_argument("dir", nargs="?", help="the folder to make (default: NAME)")
     opts = sub.add_parser("options", parents=[common], help="list every recipe option")
     opts.add_argument("--markdown", action="store_true", help="as a Markdown table")
     tui = sub.add_parser("tui", parents=[common],
@@ -344,6 +348,13 @@ def cmd_doctor(args) -> int:
     else:
         for line in doctor_lines(facts):
             _console(line)
+def cmd_init(args) -> int:
+    from macft import shipped
+
+    files = shipped.init(args.name, args.dir)
+    folder = files[0].parent
+    _console(f"{folder}: " + ", ".join(str(f.relative_to(folder)) for f in files))
+    _console(f"run it: cd {folder} && macft run recipe.yaml")
     return 0
 
 
@@ -355,7 +366,7 @@ def cmd_tui(args) -> int:
 
 COMMANDS = {"run": cmd_run, "plan": cmd_plan, "eval": cmd_eval, "generate": cmd_generate,
             "fuse": cmd_fuse,
-            "export": cmd_export, "chat": cmd_chat, "doctor": cmd_doctor,
+            "export": cmd_export, "chat": cmd_chat, "doctor": cmd_doctor, "init": cmd_init,
             "options": cmd_options, "tui": cmd_tui}
 
 

@@ -75,6 +75,25 @@ def _cached_float(module, dtype):
     return full
 
 
+def cached_bytes() -> int:
+    """Bytes of float copies counted against ``CACHE_BUDGET_BYTES`` (this process)."""
+    return _cached_bytes
+
+
+def drop_caches(model: nn.Module) -> int:
+    """Drop the float copies held by ``model``'s layers and take them off the count (a run does
+    this when it ends, so the next run has the whole budget); return the bytes dropped."""
+    global _cached_bytes
+    dropped = 0
+    for _, module in model.named_modules():
+        hit = module.get("_dq")
+        if hit is not None:
+            dropped += hit.nbytes
+            del module["_dq"], module["_dq_src"]
+    _cached_bytes = max(_cached_bytes - dropped, 0)
+    return dropped
+
+
 def _matmul(module, x):
     if mx.default_device() == mx.cpu:
         full = _cached_float(module, x.dtype)

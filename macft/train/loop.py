@@ -21,7 +21,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_map
 
-from macft import kernels, recipe as recipe_mod
+from macft import recipe as recipe_mod
 from macft import runtime
 from macft.errors import MacftError
 from macft.kernels import verify
@@ -31,6 +31,7 @@ from macft.models import adapters, patch
 from macft.models.load import Loaded, load_base
 from macft.recipe import Recipe
 from macft.train import checkpoint, distributed
+from macft.train.scope import RunScope
 from macft.train.loss import mean_loss, sft_loss, trained_positions, weighted_sft_loss
 from macft.train.objectives import needs_reference, preference_loss, reference_logps
 
@@ -172,6 +173,7 @@ class Trainer:
         self.step_metrics: dict = {}
         self.world = distributed.world()
         self.last_checkpoint: str | None = None
+        self.scope: RunScope | None = None
 
     def emit(self, event) -> None:
         if not self.world.main:         # one display, one metrics file: rank 0's
@@ -193,11 +195,12 @@ class Trainer:
             recipe_mod.dump(r, self.run_dir / "recipe.yaml")
             self.sinks.append(MetricsFile(self.run_dir / "metrics.jsonl"))
         self.backend = runtime.backend(r.model.dtype)
-        kernels.set_mode(r.kernels)
+        self.scope = RunScope(r.kernels)    # undone by close(), which run() always calls
         self.kernel_checks = verify.for_run(r.kernels)     # device kernels: checked, cached
         if self.loaded is None:
             self.loaded = load_base(r.model.path, r.model.revision, r.model.dtype)
         self.model = self.loaded.model
+        self.scope.own_caches(self.model)
         self.tokenizer = self.loaded.tokenizer
         self.data = load_data(r, self.tokenizer)
         if self.world.active and self.data.train.batch_size < self.world.size:
@@ -210,9 +213,7 @@ class Trainer:
             adapters.load_adapter_weights(self.model, Path(r.init_adapter))
         self.reference = self._reference() if needs_reference(r.objective) else None
         if r.train.grad_checkpoint:
-            from mlx_lm.tuner.trainer import grad_checkpoint
-
-            grad_checkpoint(self.model.layers[0])
+            self.scope.checkpoint(self.model.layers)
         self.total = total_steps(r, self.data.train.batches_per_epoch)
         self.schedule = build_schedule(r.train, self.total)
         self.optimizer = optim.AdamW(learning_rate=self.schedule,
@@ -518,7 +519,18 @@ class Trainer:
         return self.world.total(1.0 if self.stop.stopped else 0.0) > 0
 
     # ----- the loop ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Undo what set-up changed in the process (see ``scope``); for callers of ``setup``."""
+        if self.scope is not None:
+            self.scope.close()
+
     def run(self) -> Finished:
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def _run(self) -> Finished:
         try:
             self.setup()
         except MacftError as exc:
