@@ -348,6 +348,9 @@ def cmd_doctor(args) -> int:
     else:
         for line in doctor_lines(facts):
             _console(line)
+    return 0
+
+
 def cmd_init(args) -> int:
     from macft import shipped
 
