@@ -79,10 +79,13 @@ OBJECTIVES = ("sft", "dpo", "ipo", "orpo", "simpo")
 class ModelSpec:
     path: str = opt("smollm2-135m-instruct",
                     "A local Hugging Face folder, a hub id, a .gguf file, or an alias "
-                    "(smollm2-135m-instruct).")
+                    "(smollm2-135m-instruct, gemma3-270m).")
     revision: str | None = opt(None, "Hub revision (branch, tag or commit) for a hub id.")
     dtype: str = opt("auto", "Compute dtype: auto = float32 on CPU, bfloat16 on a GPU.",
                      choices=("auto", "float32", "bfloat16", "float16"))
+    chat_template: str | None = opt(
+        None, "Chat template for a base model without one: a built-in (gemma, chatml) or a "
+              ".jinja file; default: the model's own, else its family's (Gemma 3: gemma).")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import numpy as np
 from macft.errors import MacftError
 
 GROUP_SIZE = 32                     # the block size of Q4_0, Q4_1 and Q8_0
-ARCHITECTURES = ("llama", "qwen2", "qwen3")
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
 _HF_CLASS = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 # ggml type ids (gguf.constants.GGMLQuantizationType) that MLX's loader turns into exact arrays.
@@ -324,6 +324,10 @@ def hf_config(header: GGUFHeader) -> dict:
         except ValueError:
             raise MacftError(f"{name}: '{full}' differs between layers (not supported)") from None
 
+    if arch == "gemma3":
+        from macft.models import gemma3
+
+        return gemma3.hf_config(header, get)
     hidden, heads = int(get("embedding_length")), int(get("attention.head_count"))
     head_dim = int(get("attention.key_length", hidden // heads, required=False))
     if int(get("attention.value_length", head_dim, required=False)) != head_dim:
@@ -406,9 +410,15 @@ def _llama3_scaling(header: GGUFHeader, head_dim: int, base: float, orig: int) -
 # Names and layout
 
 
-def hf_name(gguf_name: str) -> str | None:
+def hf_name(gguf_name: str, arch: str = "") -> str | None:
     """``blk.3.attn_q.weight`` -> ``model.layers.3.self_attn.q_proj.weight`` (None if unknown)."""
     parts = gguf_name.split(".")
+    if arch == "gemma3" and len(parts) == 4 and parts[0] == "blk":
+        from macft.models import gemma3
+
+        module = gemma3.hf_block_name(parts[2])
+        if module:
+            return f"model.layers.{parts[1]}.{module}.{parts[3]}"
     if parts[-1] not in _SUFFIXES:
         return None
     suffix = parts[-1]
@@ -419,11 +429,18 @@ def hf_name(gguf_name: str) -> str | None:
     return None
 
 
-def gguf_name(hf: str) -> str | None:
+def gguf_name(hf: str, arch: str = "") -> str | None:
     """The inverse of ``hf_name``: ``model.norm.weight`` -> ``output_norm.weight``."""
     module, _, suffix = hf.rpartition(".")
     if suffix not in _SUFFIXES:
         return None
+    parts = module.split(".", 3)
+    if arch == "gemma3" and len(parts) == 4 and parts[:2] == ["model", "layers"]:
+        from macft.models import gemma3
+
+        short = gemma3.gguf_block_name(parts[3])
+        if short:
+            return f"blk.{parts[2]}.{short}.{suffix}"
     for short, long in _TOP_NAMES.items():
         if module == long:
             return f"{short}.{suffix}"
@@ -472,13 +489,15 @@ def _rename(header: GGUFHeader, arrays: dict, cfg: dict) -> dict:
     for key, value in arrays.items():
         if key == "rope_freqs.weight":
             continue                                   # folded into cfg["rope_scaling"]
-        target = hf_name(key)
+        target = hf_name(key, header.architecture)
         if target is None:
             raise MacftError(f"{name}: tensor '{key}' has no place in a {cfg['model_type']} "
                              "model (not supported)")
         parts = key.split(".")
         if cfg["model_type"] == "llama" and len(parts) == 4 and parts[2] in permute:
             value = unpermute_rows(value, permute[parts[2]])
+        if header.architecture == "gemma3" and key.endswith("norm.weight"):
+            value = value - 1.0          # llama.cpp stores 1 + w; mlx-lm adds the 1 itself
         out[target] = value
     return out
 
@@ -523,6 +542,8 @@ def _build_model(header: GGUFHeader, cfg: dict, weights: dict):
     name = header.path.name
     model_cls, args_cls = _get_classes(cfg)
     model = model_cls(args_cls.from_dict(cfg))
+    if cfg["model_type"] == "gemma3_text":
+        weights = model.sanitize(weights)          # drops lm_head when the file ties it
     modules = dict(model.named_modules())
     quantized = _quantized_modules(weights)
     for path in [p for p in quantized if not hasattr(modules.get(p), "to_quantized")]:

