@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--system", help="system message")
     gen.add_argument("--max-tokens", type=int, default=256)
+    gen.add_argument("--raw", action="store_true",
+                     help="continue the prompt as plain text (no chat template): base models")
 
     fuse = sub.add_parser("fuse", parents=[common], help="merge a run's adapters into the base")
     fuse.add_argument("run", help="run folder")
@@ -267,7 +269,10 @@ def cmd_generate(args) -> int:
 
     loaded, recipe = load_for_inference(args.target)
     system = args.system or (recipe.data.system_prompt if recipe else None)
-    prompt = chat_prompt(loaded.tokenizer, args.prompt, system)
+    if args.raw:
+        prompt = list(loaded.tokenizer.encode(args.prompt))
+    else:
+        prompt = chat_prompt(loaded.tokenizer, args.prompt, system)
     for response in stream_generate(loaded.model, loaded.tokenizer, prompt,
                                      max_tokens=args.max_tokens):
         print(response.text, end="", flush=True)

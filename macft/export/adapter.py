@@ -51,7 +51,7 @@ def write_lora_gguf(model: nn.Module, config: dict, out: str | Path,
         w.add_string(gguf.Keys.Adapter.TYPE, "lora")
         w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
         for path, m in layers:
-            base = gguf_name(f"{path}.weight")
+            base = gguf_name(f"{path}.weight", arch)
             if base is None:
                 raise MacftError(f"GGUF adapter: layer '{path}' has no GGUF name")
             a = np.array(m.lora_a.astype(mx.float32)).T              # (rank, in)

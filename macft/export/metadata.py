@@ -12,7 +12,7 @@ from macft.errors import MacftError
 
 # mlx-lm model_type -> llama.cpp architecture. Mistral (<= v0.3) is a llama in GGUF.
 ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
-                 "qwen3_moe": "qwen3moe"}
+                 "qwen3_moe": "qwen3moe", "gemma3_text": "gemma3"}
 
 
 def gguf_architecture(config: dict) -> str:
@@ -40,6 +40,11 @@ def add_model_metadata(w: gguf.GGUFWriter, config: dict, name: str, file_type: i
                        quantized: bool) -> None:
     heads = int(config["num_attention_heads"])
     dim = head_dim(config)
+    gemma = config["model_type"] == "gemma3_text"
+    if gemma:
+        from macft.models import gemma3
+
+        gemma3.check_exportable(config)
     w.add_name(name)
     w.add_file_type(int(file_type))
     if quantized:
@@ -53,12 +58,15 @@ def add_model_metadata(w: gguf.GGUFWriter, config: dict, name: str, file_type: i
     w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
     w.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
     w.add_rope_dimension_count(dim)
-    if dim != config["hidden_size"] // heads or config["model_type"] in ("qwen3", "qwen3_moe"):
+    if dim != config["hidden_size"] // heads or config["model_type"] in ("qwen3", "qwen3_moe",
+                                                                       "gemma3_text"):
         # Without these llama.cpp derives the head size from hidden/heads and fails on shapes.
         w.add_key_length(dim)
         w.add_value_length(dim)
     w.add_vocab_size(int(config["vocab_size"]))
     _add_rope_scaling(w, config)
+    if gemma:
+        w.add_sliding_window(int(config.get("sliding_window", 512)))
     if config["model_type"] == "qwen3_moe":
         _add_experts(w, config)
 

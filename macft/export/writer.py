@@ -90,13 +90,15 @@ def plan(model: nn.Module, config: dict, quant: Quant) -> list[Planned]:
     tied = not any(k.startswith("lm_head.") for k, _ in tree_flatten(model.parameters()))
     out = []
     for key, value, parts in _source_tensors(model):
-        name = gguf_name(key)
+        name = gguf_name(key, arch)
         if name is None:
             raise MacftError(f"GGUF export: parameter '{key}' has no GGUF name "
                              f"({config['model_type']})")
         rows_of = None
         if arch == "llama" and name.split(".")[-2] in ("attn_q", "attn_k"):
             rows_of = heads if ".attn_q." in name else kv_heads
+        if arch == "gemma3" and name.endswith("norm.weight"):
+            value = value.astype(mx.float32) + 1.0    # llama.cpp multiplies by the stored 1 + w
         shape = _logical_shape(value, parts)
         qtype = tensor_type(quant, name, shape, n_layers, tied)
         out.append(Planned(name, shape, qtype, _maker(value, parts, qtype, rows_of)))
