@@ -44,14 +44,19 @@ ARCHS = {
     "qwen3": dict(TINY_LLAMA, model_type="qwen3", hidden_size=256, intermediate_size=512,
                   head_dim=32, tie_word_embeddings=False),
 }
-# Exported but not importable by macft (checked by llama.cpp in test_export_llamacpp.py).
-EXPORT_ONLY = {
+ARCHS.update({
     "qwen3_moe": dict(TINY_LLAMA, model_type="qwen3_moe", hidden_size=256, intermediate_size=512,
                       head_dim=64, tie_word_embeddings=False, num_experts=4,
                       num_experts_per_tok=2, moe_intermediate_size=256, decoder_sparse_step=1,
                       mlp_only_layers=[], norm_topk_prob=True),
-}
-ALL_ARCHS = {**ARCHS, **EXPORT_ONLY}
+    # Six layers: five sliding-window (16 tokens) and one global, as llama.cpp's pattern 6.
+    "gemma3": dict(TINY_LLAMA, model_type="gemma3_text", hidden_size=256, intermediate_size=512,
+                   num_hidden_layers=6, num_attention_heads=2, num_key_value_heads=1,
+                   head_dim=128, query_pre_attn_scalar=128.0, rms_norm_eps=1e-6,
+                   rope_theta=1000000.0, rope_local_base_freq=10000.0, sliding_window=16,
+                   sliding_window_pattern=6),
+})
+ALL_ARCHS = ARCHS
 
 
 def tiny(arch: str, seed: int = 0, **extra):
@@ -59,6 +64,8 @@ def tiny(arch: str, seed: int = 0, **extra):
     mx.random.seed(seed)
     model_cls, args_cls = _get_classes(cfg)
     model = model_cls(args_cls.from_dict(cfg))
+    if cfg["model_type"] == "gemma3_text" and cfg["tie_word_embeddings"]:
+        model.sanitize({})                             # mlx-lm ties Gemma by dropping lm_head
     mx.eval(model.parameters())
     return model, cfg
 
@@ -168,7 +175,7 @@ def test_f32_export_reimports_to_the_same_logits(tmp_path, arch):
     path = write_gguf(model, cfg, make_tokenizer(), tmp_path / "m.gguf", "f32").path
     loaded, tok, config = load_gguf(path)
     assert np.abs(logits_of(loaded) - logits_of(model)).max() < 1e-4
-    assert config["model_type"] == ("llama" if arch == "mistral" else arch)
+    assert config["model_type"] == ("llama" if arch == "mistral" else cfg["model_type"])
     assert config["tie_word_embeddings"] == cfg["tie_word_embeddings"]
     assert tok.encode("hello world, <|im_start|>user") == \
         make_tokenizer().encode("hello world, <|im_start|>user")

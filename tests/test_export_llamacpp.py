@@ -36,7 +36,8 @@ FLOATS = ["f32", "f16", "bf16", "q8_0"]
 BLOCKS = ["q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q6_k", "q4_k_m"]
 STRICT = verify.Thresholds(top1=0.99, kl=0.01, ppl=0.005)
 # Chosen so the self-sampled perplexity lands around 2-4 (larger: the models repeat one token).
-EMBED_SCALE = {"llama": 2.0, "mistral": 1.5, "qwen2": 1.5, "qwen3": 1.5, "qwen3_moe": 1.5}
+EMBED_SCALE = {"llama": 2.0, "mistral": 1.5, "qwen2": 1.5, "qwen3": 1.5, "qwen3_moe": 1.5,
+               "gemma3": 1.4}
 
 
 def peaked(arch: str, seed: int = 0):

@@ -22,8 +22,10 @@ import numpy as np
 from macft.errors import MacftError
 
 GROUP_SIZE = 32                     # the block size of Q4_0, Q4_1 and Q8_0
-ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
-_HF_CLASS = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "qwen3moe", "gemma3")
+_HF_CLASS = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+             "qwen3moe": "Qwen3MoeForCausalLM"}
+_MODEL_TYPE = {"qwen3moe": "qwen3_moe"}          # llama.cpp arch -> mlx-lm model_type
 
 # ggml type ids (gguf.constants.GGMLQuantizationType) that MLX's loader turns into exact arrays.
 F32, F16, Q4_0, Q4_1, Q8_0 = 0, 1, 2, 3, 8
@@ -340,7 +342,7 @@ def hf_config(header: GGUFHeader) -> dict:
     if embd is None:
         raise MacftError(f"{name}: tensor 'token_embd.weight' is missing")
     cfg = {
-        "model_type": arch,
+        "model_type": _MODEL_TYPE.get(arch, arch),
         "architectures": [_HF_CLASS[arch]],
         "hidden_size": hidden,
         "num_hidden_layers": int(get("block_count")),
@@ -353,8 +355,14 @@ def hf_config(header: GGUFHeader) -> dict:
         "max_position_embeddings": int(get("context_length", 4096, required=False)),
         "tie_word_embeddings": "output.weight" not in header.tensors,
     }
-    if head_dim != hidden // heads or arch == "qwen3":
+    if head_dim != hidden // heads or arch in ("qwen3", "qwen3moe"):
         cfg["head_dim"] = head_dim
+    if arch == "qwen3moe":
+        # llama.cpp's qwen3moe: every layer sparse, top-k weights renormalized.
+        cfg.update(num_experts=int(get("expert_count")),
+                   num_experts_per_tok=int(get("expert_used_count")),
+                   moe_intermediate_size=int(get("expert_feed_forward_length")),
+                   decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=True)
     if arch == "llama":
         cfg["attention_bias"] = "blk.0.attn_q.bias" in header.tensors
         cfg["mlp_bias"] = "blk.0.ffn_up.bias" in header.tensors
