@@ -52,7 +52,7 @@ ARCHS.update({
     # Six layers: five sliding-window (16 tokens) and one global, as llama.cpp's pattern 6.
     "gemma3": dict(TINY_LLAMA, model_type="gemma3_text", hidden_size=256, intermediate_size=512,
                    num_hidden_layers=6, num_attention_heads=2, num_key_value_heads=1,
-                   head_dim=128, query_pre_attn_scalar=128.0, rms_norm_eps=1e-6,
+                   head_dim=128, query_pre_attn_scalar=128, rms_norm_eps=1e-6,
                    rope_theta=1000000.0, rope_local_base_freq=10000.0, sliding_window=16,
                    sliding_window_pattern=6),
 })

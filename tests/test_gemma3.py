@@ -30,7 +30,7 @@ Q = gguf.GGMLQuantizationType
 GEMMA3 = {
     "model_type": "gemma3_text", "hidden_size": 256, "num_hidden_layers": 6,
     "intermediate_size": 512, "num_attention_heads": 2, "num_key_value_heads": 1,
-    "head_dim": 128, "query_pre_attn_scalar": 128.0, "rms_norm_eps": 1e-6, "vocab_size": 320,
+    "head_dim": 128, "query_pre_attn_scalar": 128, "rms_norm_eps": 1e-6, "vocab_size": 320,
     "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "sliding_window": 8,
     "sliding_window_pattern": 6, "max_position_embeddings": 512, "tie_word_embeddings": True,
 }

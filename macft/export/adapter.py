@@ -15,6 +15,7 @@ import gguf
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from mlx_lm.tuner.lora import LoRASwitchLinear
 
 from macft.errors import MacftError
 from macft.export import metadata
@@ -28,6 +29,9 @@ def lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
         if "m" in m:                                   # mlx-lm's DoRA magnitude vector
             raise MacftError("DoRA adapters have no llama.cpp LoRA equivalent; export the fused "
                              "model with --gguf instead")
+        if isinstance(m, LoRASwitchLinear):
+            raise MacftError(f"layer '{path}': LoRA on mixture-of-experts layers is not "
+                             "written as a llama.cpp adapter; export the fused model with --gguf")
     return found
 
 

@@ -19,7 +19,11 @@ from macft.errors import MacftError
 from macft.models import quantized
 from macft.recipe import Recipe
 
-LINEAR_TYPES = (nn.Linear, nn.QuantizedLinear)
+from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchLinear
+
+# SwitchLinear: a mixture of experts' stacked expert matrices (LoRA per expert, mlx-lm's
+# LoRASwitchLinear), so "all" reaches the experts too.
+LINEAR_TYPES = (nn.Linear, nn.QuantizedLinear, SwitchLinear, QuantizedSwitchLinear)
 
 
 def linear_keys(model: nn.Module) -> list[str]:

@@ -41,7 +41,7 @@ def is_gemma3(config: dict) -> bool:
 
 def query_scalar(hidden: int, heads: int, head_dim: int, n_layers: int) -> float:
     """mlx-lm's ``query_pre_attn_scalar`` as llama.cpp derives the query scale."""
-    return float(hidden // heads if n_layers == 62 else head_dim)
+    return int(hidden // heads if n_layers == 62 else head_dim)
 
 
 def hf_config(header, get) -> dict:
