@@ -265,6 +265,9 @@ def _assistant_spans(tok, messages: list[dict], full: str, row) -> list[tuple[in
 
 def _locate(m: dict, i: int, before: str, upto: str, full: str, cursor: int, row):
     content = (m.get("content") or "").strip()
+    if not content and upto.startswith(before):
+        # No text (a turn of tool calls only): find the end of its rendering instead.
+        content = _rendered_tail(upto[len(before):], full, cursor)
     idx = full.find(content, cursor) if content else -1
     if idx < 0:
         raise MacftError(f"{row.where}: cannot find assistant message {i} in the rendered "
@@ -279,6 +282,14 @@ def _locate(m: dict, i: int, before: str, upto: str, full: str, cursor: int, row
     return start, end
 
 
+def _rendered_tail(turn: str, full: str, cursor: int) -> str:
+    """The longest end of ``turn`` that ``full`` holds after ``cursor`` ('' if none)."""
+    for start in range(len(turn)):
+        if full.find(turn[start:], cursor) >= 0:
+            return turn[start:].strip()
+    return ""
+
+
 def _overlaps(s: int, e: int, spans) -> bool:
     if s == e:  # a token with an empty character span: inside or not
         return any(a <= s < b for a, b in spans)
@@ -291,8 +302,12 @@ def _has_template(tok) -> bool:
 
 def _render(tok, messages: list[dict], generation: bool, row) -> str:
     try:
+        # A row's "enable_thinking" reaches templates with a thinking switch (Qwen3): off, the
+        # empty <think></think> belongs to the prompt, so it is not trained.
+        extra = {"enable_thinking": bool(row.data["enable_thinking"])} \
+            if "enable_thinking" in row.data else {}
         return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation,
-                                       tools=row.data.get("tools"))
+                                       tools=row.data.get("tools"), **extra)
     except Exception as exc:  # jinja errors (roles must alternate, ...) are the user's data
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise MacftError(f"{row.where}: the chat template failed: {detail}") from None
