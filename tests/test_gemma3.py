@@ -296,3 +296,18 @@ def test_gemma3_270m_generate_continues_a_plain_prompt(gemma, capsys):
                  "--max-tokens", "8"]) == 0
     # Greedy, float32 on the CPU; the 270M base model answers in a circle, but in English.
     assert capsys.readouterr().out == " the capital of the country of France.\n"
+
+
+def test_packed_examples_keep_the_sliding_window():
+    # Two examples of 10 tokens packed into one row; the local layers' window is 4 tokens.
+    from macft.models import patch
+
+    model, _ = tiny_gemma(seed=3, sliding_window=4)
+    patch.install(model)
+    a, b = IDS[0][:10], IDS[0][10:]
+    alone = [logits_of(model, [x])[0] for x in (a, b)]
+    with patch.segments(mx.array([[0] * 10 + [1] * 10])):
+        packed = logits_of(model, [a + b])[0]
+    # Rotary embeddings are relative: each packed example computes what it computes alone.
+    assert np.abs(packed[:10] - alone[0]).max() < 1e-4
+    assert np.abs(packed[10:] - alone[1]).max() < 1e-4

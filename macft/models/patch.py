@@ -46,7 +46,9 @@ def _make_attention(original):
             # Training: the recipe's kernels switch picks MLX's op or the tiled one.
             return attn.attention(queries, keys, values, scale, causal=True, segments=seg)
         if seg is not None:
-            mask = attn.segment_mask(seg)
+            # A sliding-window mask (Gemma's local layers past the window) keeps its window.
+            same = attn.segment_mask(seg)
+            mask = same if mask is None or isinstance(mask, str) else mask & same
         return original(queries, keys, values, cache=None, scale=scale, mask=mask)
     return _attention
 
