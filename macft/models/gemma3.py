@@ -21,7 +21,6 @@ import numpy as np
 from macft.errors import MacftError
 
 MODEL_TYPE = "gemma3_text"          # mlx-lm's text-only Gemma 3
-GGUF_ARCH = "gemma3"
 SLIDING_WINDOW_PATTERN = 6          # llama.cpp: hparams.set_swa_pattern(6) for gemma3
 LOCAL_ROPE_BASE = 10000.0           # llama.cpp: rope_freq_base_train_swa for gemma3
 
@@ -33,10 +32,6 @@ BLOCK_NAMES = {
     "post_ffw_norm": "post_feedforward_layernorm",
 }
 _HF_TO_GGUF = {v: k for k, v in BLOCK_NAMES.items()}
-
-
-def is_gemma3(config: dict) -> bool:
-    return config.get("model_type") in (MODEL_TYPE, "gemma3")
 
 
 def query_scalar(hidden: int, heads: int, head_dim: int, n_layers: int) -> float:
@@ -89,11 +84,6 @@ def hf_block_name(gguf_part: str) -> str | None:
 
 def gguf_block_name(hf_module: str) -> str | None:
     return _HF_TO_GGUF.get(hf_module)
-
-
-def is_norm(gguf_tensor_name: str) -> bool:
-    """The tensors llama.cpp's converter shifts by one (``name.endswith("norm.weight")``)."""
-    return gguf_tensor_name.endswith("norm.weight")
 
 
 def check_exportable(config: dict) -> None:
