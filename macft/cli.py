@@ -116,7 +116,7 @@ def _console(text: str) -> None:
 
 
 def cmd_run(args) -> int:
-    from macft import recipe as recipe_mod
+    from macft import recipe as recipe_mod, runs
     from macft.events import ConsoleProgress, StopSignal
     from macft.train.loop import train
 
@@ -124,9 +124,9 @@ def cmd_run(args) -> int:
         return _launch(args)
     target = Path(args.recipe)
     if target.is_dir():
-        if not (target / "recipe.yaml").exists():
-            raise MacftError(f"{target}: not a run folder (no recipe.yaml)")
-        recipe = recipe_mod.load(target / "recipe.yaml", args.overrides + [f"output={target}"])
+        if not runs.is_run_dir(target):
+            raise MacftError(f"{target}: not a run folder (no {runs.RECIPE})")
+        recipe = recipe_mod.load(runs.recipe_path(target), args.overrides + [f"output={target}"])
     else:
         recipe = recipe_mod.load(target, args.overrides)
     from macft import runtime
@@ -269,10 +269,11 @@ def cmd_generate(args) -> int:
 
 def cmd_fuse(args) -> int:
     from macft.models.fuse import fuse_in_place, save_folder
-    from macft.models.load import is_run_dir, load_for_inference
+    from macft import runs
+    from macft.models.load import load_for_inference
 
-    if not is_run_dir(args.run):
-        raise MacftError(f"{args.run}: not a run folder (no recipe.yaml)")
+    if not runs.is_run_dir(args.run):
+        raise MacftError(f"{args.run}: not a run folder (no {runs.RECIPE})")
     loaded, _ = load_for_inference(args.run)
     n = fuse_in_place(loaded.model)
     out = save_folder(loaded.model, loaded.tokenizer, loaded.config, Path(args.out))

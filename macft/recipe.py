@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from macft.errors import MacftError
+from macft.train.objectives import OBJECTIVES  # the registry's names (it loads no MLX)
 
 
 def opt(default, help: str, choices: tuple | None = None, **kw):
@@ -30,7 +31,6 @@ def opt(default, help: str, choices: tuple | None = None, **kw):
 
 
 METHODS = ("lora", "dora", "qlora", "full")
-OBJECTIVES = ("sft", "dpo", "ipo", "orpo", "simpo")
 
 
 @dataclass(frozen=True)
@@ -272,6 +272,8 @@ def _merge(base: dict, over: dict) -> dict:
 
 def stage_recipes(recipe: Recipe, src: str = "<recipe>") -> list[Recipe]:
     """The full recipe of each stage: the stage's keys over the parent's, its own folder."""
+    from macft import runs
+
     base = to_dict(recipe)
     base["stages"] = []
     out = []
@@ -285,7 +287,7 @@ def stage_recipes(recipe: Recipe, src: str = "<recipe>") -> list[Recipe]:
         raw = _merge(base, stage)
         label = stage.get("name") or stage.get("objective") or "sft"
         raw["name"] = f"{recipe.name}-{label}"
-        raw["output"] = str(recipe.run_dir / f"stage-{i + 1}-{label}")
+        raw["output"] = str(runs.stage_dir(recipe.run_dir, i, label))
         out.append(_validate(_build(Recipe, raw, where), where))
     return out
 
