@@ -54,10 +54,10 @@ def tiny_recipe(folder: Path, kind: str) -> dict:
                           "eval_every": 3, "save_every": 3, "seed": 7}}
     _write_pairs(folder / "pairs-train.jsonl", 16, 0)
     _write_pairs(folder / "pairs-valid.jsonl", 8, 1)
-    return {**common, "objective": "dpo", "preference": {"beta": 0.5},
+    return {**common, "objective": "dpo", "preference": {"beta": 0.1},
             "data": {"train": str(folder / "pairs-train.jsonl"),
                      "valid": str(folder / "pairs-valid.jsonl"), "max_length": 64},
-            "train": {"steps": 6, "batch_size": 4, "grad_accum": 2, "learning_rate": 5e-3,
+            "train": {"steps": 6, "batch_size": 4, "grad_accum": 2, "learning_rate": 5e-4,
                       "eval_every": 3, "save_every": 3, "seed": 5}}
 
 
