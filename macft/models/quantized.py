@@ -16,6 +16,7 @@ import mlx.nn as nn
 from mlx_lm.tuner.lora import LoRALinear
 
 from macft import kernels
+from macft.kernels import cross_entropy
 from macft.kernels.qmatmul import dequantized, qlora_linear, quantized_matmul
 
 # On the CPU, dequantizing a frozen weight on every call costs more than the matmul itself for
@@ -72,6 +73,9 @@ def _cached_float(module, dtype):
         _cached_bytes += size
     module["_dq"], module["_dq_src"] = full, w
     return full
+
+
+cross_entropy.use_float_copies(_cached_float)   # the loss's head reuses these copies
 
 
 def _matmul(module, x):
