@@ -27,7 +27,7 @@ from macft.export import quants
 from macft.export.adapter import write_lora_gguf
 from macft.export.quant_plan import QUANTS, use_more_bits
 from macft.export.writer import write_gguf
-from macft.models.gguf import load_gguf, permute_rows, read_header, unpermute_rows
+from macft.gguf.reader import load_gguf, permute_rows, read_header, unpermute_rows
 
 Q = gguf.GGMLQuantizationType
 GOLDEN = Path(__file__).parent / "golden"
@@ -447,7 +447,7 @@ def make_spm_tokenizer():
 
 
 def test_sentencepiece_vocabulary_round_trips_through_the_importer(tmp_path):
-    from macft.models.gguf_tokenizer import read_gguf_tokenizer
+    from macft.gguf.tokenizer import read_gguf_tokenizer
 
     spm = make_spm_tokenizer()
     model, cfg = tiny("mistral", vocab_size=400)

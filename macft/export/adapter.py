@@ -17,8 +17,8 @@ import mlx.nn as nn
 import numpy as np
 
 from macft.errors import MacftError
-from macft.export import metadata
-from macft.models.gguf import gguf_name, permute_rows
+from macft.gguf import metadata
+from macft.gguf.reader import gguf_name, permute_rows
 
 
 def lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

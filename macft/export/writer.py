@@ -3,8 +3,8 @@
 The tensor table is planned first (names, shapes, types, byte sizes), so the header can be
 written before any data; each tensor is then converted and written on its own, and no second
 full copy of the model ever exists. Names come from the importer's map
-(``models.gguf.gguf_name``), llama's Q/K rows get llama.cpp's permutation
-(``models.gguf.permute_rows``), 4-bit MLX weights become Q4_1 blocks without rounding again
+(``gguf.reader.gguf_name``), llama's Q/K rows get llama.cpp's permutation
+(``gguf.reader.permute_rows``), 4-bit MLX weights become Q4_1 blocks without rounding again
 when the values allow (``quants.affine_exact``).
 """
 
@@ -23,9 +23,10 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from macft.errors import MacftError
-from macft.export import metadata, quants, vocab
+from macft.export import quants
 from macft.export.quant_plan import QUANTS, Quant, tensor_type
-from macft.models.gguf import gguf_name, llama3_rope_factors, permute_rows
+from macft.gguf import metadata, vocab
+from macft.gguf.reader import gguf_name, llama3_rope_factors, permute_rows
 
 T = gguf.GGMLQuantizationType
 FLOAT_TYPES = frozenset({T.F32, T.F16, T.BF16})

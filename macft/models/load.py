@@ -121,7 +121,7 @@ def _load_hf(folder: Path):
 def load_base(path: str, revision: str | None = None, dtype: str = "auto") -> Loaded:
     kind, source = resolve(path, revision)
     if kind == "gguf":
-        from macft.models.gguf import load_gguf
+        from macft.gguf.reader import load_gguf
 
         model, tokenizer, config = load_gguf(source)
     else:

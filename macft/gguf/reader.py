@@ -565,7 +565,7 @@ def load_gguf(path: str | Path):
     mlx-lm's ``"quantization"`` entry when some layers are quantized, so that a saved folder
     reloads with ``mlx_lm.utils.load_model``.
     """
-    from macft.models.gguf_tokenizer import read_gguf_tokenizer
+    from macft.gguf.tokenizer import read_gguf_tokenizer
 
     header = read_header(path)
     cfg = hf_config(header)
