@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from macft.errors import MacftError
+from macft.gguf.architectures import IMPORTED
 
 GROUP_SIZE = 32                     # the block size of Q4_0, Q4_1 and Q8_0
-ARCHITECTURES = ("llama", "qwen2", "qwen3")
-_HF_CLASS = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 # ggml type ids (gguf.constants.GGMLQuantizationType) that MLX's loader turns into exact arrays.
 F32, F16, Q4_0, Q4_1, Q8_0 = 0, 1, 2, 3, 8
@@ -308,10 +307,10 @@ def _scalar(value):
 def hf_config(header: GGUFHeader) -> dict:
     """The Hugging Face style config.json dict that mlx-lm builds the model from."""
     md, name, arch = header.metadata, header.path.name, header.architecture
-    if arch not in ARCHITECTURES:
+    if arch not in IMPORTED:
         shown = arch or "(none)"
         raise MacftError(f"{name}: architecture '{shown}' is not supported "
-                         f"(macft imports {', '.join(ARCHITECTURES)})")
+                         f"(macft imports {', '.join(IMPORTED)})")
 
     def get(key, default=None, required=True):
         full = f"{arch}.{key}"
@@ -337,7 +336,7 @@ def hf_config(header: GGUFHeader) -> dict:
         raise MacftError(f"{name}: tensor 'token_embd.weight' is missing")
     cfg = {
         "model_type": arch,
-        "architectures": [_HF_CLASS[arch]],
+        "architectures": [IMPORTED[arch].hf_class],
         "hidden_size": hidden,
         "num_hidden_layers": int(get("block_count")),
         "intermediate_size": int(get("feed_forward_length")),
