@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from macft.errors import MacftError
+from macft.export.targets import DEFAULT_QUANT, TARGETS, quant_names
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,12 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", parents=[common],
                          help="write a run or model as GGUF for llama.cpp (optionally verified)")
     exp.add_argument("target", help="run folder or model")
-    exp.add_argument("--gguf", metavar="OUT.gguf", help="the model, adapters fused")
-    exp.add_argument("--quant", default="f16", metavar="TYPE",
-                     help="f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k, q4_k_m "
-                          "(default f16)")
-    exp.add_argument("--gguf-adapter", metavar="OUT.gguf",
-                     help="the LoRA adapter alone, for llama.cpp --lora")
+    for t in TARGETS.values():
+        exp.add_argument(t.flag, metavar=t.metavar, help=t.help)
+    exp.add_argument("--quant", default=DEFAULT_QUANT, metavar="TYPE",
+                     help=_LazyHelp(lambda: f"{', '.join(quant_names())} "
+                                            f"(default {DEFAULT_QUANT})"))
     exp.add_argument("--verify", action="store_true",
                      help="load the file in llama.cpp and compare it with MLX on held-out text")
     exp.add_argument("--verify-text", metavar="FILE", help="held-out text for --verify")
@@ -88,6 +88,18 @@ def _parser() -> argparse.ArgumentParser:
                          help="the terminal UI (also what `macft` alone opens)")
     tui.add_argument("target", nargs="?", help="a recipe file or run folder to open")
     return p
+
+
+class _LazyHelp(str):
+    """Help text made only when help is shown (the quant names need gguf-py, ~1 s to load)."""
+
+    def __new__(cls, make):
+        self = super().__new__(cls, "...")
+        self.make = make
+        return self
+
+    def __mod__(self, params):
+        return self.make()
 
 
 def options_table(markdown: bool) -> list[str]:
@@ -268,15 +280,12 @@ def cmd_generate(args) -> int:
 
 
 def cmd_fuse(args) -> int:
-    from macft.models.fuse import fuse_in_place, save_folder
     from macft import runs
-    from macft.models.load import load_for_inference
+    from macft.export.targets import fuse_to_folder
 
     if not runs.is_run_dir(args.run):
         raise MacftError(f"{args.run}: not a run folder (no {runs.RECIPE})")
-    loaded, _ = load_for_inference(args.run)
-    n = fuse_in_place(loaded.model)
-    out = save_folder(loaded.model, loaded.tokenizer, loaded.config, Path(args.out))
+    n, out = fuse_to_folder(args.run, args.out)
     _console(f"fused {n} adapter layers into {out}")
     return 0
 
@@ -285,7 +294,7 @@ def cmd_export(args) -> int:
     from macft.export.pipeline import export
 
     return export(args.target, gguf=args.gguf, quant=args.quant, adapter_gguf=args.gguf_adapter,
-                  verify=args.verify, verify_text=args.verify_text, say=_console)
+                  verify=args.verify, verify_text=args.verify_text, say=_console, hf=args.hf)
 
 
 def cmd_chat(args) -> int:

@@ -508,6 +508,27 @@ def test_run_export_fuses_adapters_and_writes_the_adapter_alone(tmp_path, capsys
     assert len(read_header(lora).tensors) == 2 * 3 * 2
 
 
+def test_export_targets_and_quants_come_from_their_tables(tmp_path, capsys):
+    """`export --hf` is the fuse flow (same folder as `macft fuse`); --help lists each target
+    and each quant of the tables."""
+    from macft.export.quant_plan import QUANTS
+    from macft.export.targets import TARGETS
+
+    run = make_run(tmp_path)
+    assert main(["export", str(run), "--hf", str(tmp_path / "hf")]) == 0
+    assert main(["fuse", str(run), "--out", str(tmp_path / "fused")]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said == [f"fused 6 adapter layers into {tmp_path / 'hf'}",
+                    f"fused 6 adapter layers into {tmp_path / 'fused'}"]
+    for name in ("model.safetensors", "config.json"):
+        assert (tmp_path / "hf" / name).read_bytes() == (tmp_path / "fused" / name).read_bytes()
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert all(t.flag in shown for t in TARGETS.values())
+    assert f"{', '.join(QUANTS)} (default f16)" in shown
+
+
 def test_run_export_of_a_dora_adapter_alone_is_refused(tmp_path, capsys):
     run = make_run(tmp_path, method="dora")
     assert main(["export", str(run), "--gguf-adapter", str(tmp_path / "a.gguf")]) == 2
