@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 from pathlib import Path
 
+from macft import env
 from macft.errors import MacftError
 from macft.export.targets import DEFAULT_QUANT, TARGETS, quant_names
 
@@ -118,7 +118,13 @@ def options_table(markdown: bool) -> list[str]:
 
 
 def cmd_options(args) -> int:
+    from macft import env
+
     for line in options_table(args.markdown):
+        _console(line)
+    _console("")
+    _console("Environment switches:" if not args.markdown else "Environment switches:\n")
+    for line in env.table(args.markdown):
         _console(line)
     return 0
 
@@ -325,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    debug = getattr(args, "debug", False) or os.environ.get("MACFT_DEBUG") == "1"
+    debug = getattr(args, "debug", False) or env.get("MACFT_DEBUG") == "1"
     if getattr(args, "offline", False):
         from macft import runtime
 

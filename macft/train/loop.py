@@ -17,7 +17,7 @@ import mlx.core as mx
 import mlx.optimizers as optim
 from mlx.utils import tree_map
 
-from macft import kernels, recipe as recipe_mod, runs
+from macft import env, kernels, recipe as recipe_mod, runs
 from macft import runtime
 from macft.errors import MacftError
 from macft.events import (Checkpoint, Eval, Failed, Finished, MetricsFile, RunStarted, Sample,
@@ -266,7 +266,7 @@ class Trainer:
             total_steps=self.total, start_step=self.step, trainable_params=trainable,
             total_params=total_params, train_examples=len(self.data.train.sequences),
             data_stats=self.data.stats))
-        kill_after = int(os.environ.get("MACFT_DEBUG_KILL_AFTER_STEP", "0") or 0)
+        kill_after = int(env.get("MACFT_DEBUG_KILL_AFTER_STEP"))
         start = time.monotonic()
         reason = "completed"
         tokens_window: list[tuple[float, int]] = []
