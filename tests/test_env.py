@@ -30,3 +30,9 @@ def test_options_lists_the_switches(capsys):
     out = capsys.readouterr().out
     for s in env.SWITCHES.values():
         assert f"| `{s.name}` | `{s.default}` | {s.help} |" in out
+
+
+def test_readme_lists_the_switches():
+    readme = (PACKAGE.parent / "README.md").read_text()
+    block = readme.split("<!-- env:start -->\n")[1].split("\n<!-- env:end -->")[0]
+    assert block.splitlines() == env.table(True)
