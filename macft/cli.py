@@ -11,6 +11,8 @@ from pathlib import Path
 from macft import env
 from macft.errors import MacftError
 from macft.export.targets import DEFAULT_QUANT, TARGETS, quant_names
+from macft.generation import MAX_TOKENS
+from macft.plan import SAFE_SHARE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("recipe", help="recipe YAML file")
     pl.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
     pl.add_argument("--memory-budget", metavar="SIZE",
-                    help="e.g. 12GB (default: 70%% of this machine's memory)")
+                    help=f"e.g. 12GB (default: {SAFE_SHARE * 100:.0f}%% of this machine's memory)")
 
     ev = sub.add_parser("eval", parents=[common], help="greedy answers + exact match on a data set")
     ev.add_argument("target", help="run folder or model")
@@ -58,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("target", help="run folder or model")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--system", help="system message")
-    gen.add_argument("--max-tokens", type=int, default=256)
+    gen.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
 
     fuse = sub.add_parser("fuse", parents=[common], help="merge a run's adapters into the base")
     fuse.add_argument("run", help="run folder")
@@ -79,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--prompt", help="answer this one message and exit")
     chat.add_argument("--system", help="system message")
     chat.add_argument("--lora", metavar="ADAPTER.gguf", help="LoRA adapter GGUF to apply")
-    chat.add_argument("--max-tokens", type=int, default=256)
+    chat.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
     chat.add_argument("--temp", type=float, default=0.0, help="sampling temperature (0: greedy)")
     chat.add_argument("--ctx", type=int, default=4096, help="context length")
     opts = sub.add_parser("options", parents=[common], help="list every recipe option")
