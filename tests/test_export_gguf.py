@@ -406,7 +406,8 @@ def test_cli_quant_help_lists_every_quant_type():
     from macft.cli import _parser
 
     sub = next(a for a in _parser()._actions if a.dest == "command")
-    helptext = next(a.help for a in sub.choices["export"]._actions if a.dest == "quant")
+    action = next(a for a in sub.choices["export"]._actions if a.dest == "quant")
+    helptext = action.help % vars(action)        # how argparse expands it (made lazily)
     assert [q for q in QUANTS if q in helptext.replace(",", " ").split()] == list(QUANTS)
 
 
