@@ -348,11 +348,9 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 
 def dump(recipe: Recipe, path: str | Path) -> None:
-    text = yaml.safe_dump(to_dict(recipe), sort_keys=False)
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(p)
+    from macft import runs
+
+    runs.atomic_write(path, yaml.safe_dump(to_dict(recipe), sort_keys=False))
 
 
 def describe(cls=Recipe, prefix: str = "") -> list[tuple[str, str, Any, str]]:

@@ -31,7 +31,8 @@ REAL = {"quickstart": ("recipes/quickstart.yaml", 10), "dpo-quickstart":
 def run_real(name: str, tmp: Path) -> dict:
     recipe, steps = REAL[name]
     out = tmp / name
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=path)
     subprocess.run([sys.executable, "-m", "macft", "run", recipe, f"train.steps={steps}",
                     f"output={out}"], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
     return summary(out)
