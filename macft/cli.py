@@ -1,4 +1,4 @@
-"""The `macft` command: run | eval | generate | fuse (the TUI is imported lazily)."""
+"""The `macft` command: run | eval | generate | fuse | doctor ... (the TUI is imported lazily)."""
 
 from __future__ import annotations
 
@@ -84,6 +84,14 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
     chat.add_argument("--temp", type=float, default=0.0, help="sampling temperature (0: greedy)")
     chat.add_argument("--ctx", type=int, default=4096, help="context length")
+    doc = sub.add_parser("doctor", parents=[common],
+                         help="one screen of facts: platform, MLX, device, BLAS speed, compiler, "
+                              "offline state, caches, and each kernel's parity verdict here")
+    doc.add_argument("--json", action="store_true", help="the same facts as one JSON object")
+    init = sub.add_parser("init", parents=[common],
+                          help="copy a shipped recipe and its data into a folder, to run there")
+    init.add_argument("name", help="a shipped recipe (quickstart, dpo-quickstart, ...)")
+    init.add_argument("dir", nargs="?", help="the folder to make (default: NAME)")
     opts = sub.add_parser("options", parents=[common], help="list every recipe option")
     opts.add_argument("--markdown", action="store_true", help="as a Markdown table")
     tui = sub.add_parser("tui", parents=[common],
@@ -312,6 +320,65 @@ def cmd_chat(args) -> int:
                 temperature=args.temp, lora=args.lora, n_ctx=args.ctx)
 
 
+def _yes(flag: bool | None) -> str:
+    return "unknown" if flag is None else ("yes" if flag else "no")
+
+
+def doctor_lines(facts) -> list[str]:
+    """``macft doctor``: one fact a line."""
+    b = facts.blas
+    threads = f", {b['threads']} threads" if b["threads"] else ""
+    speed = (f"{facts.gflops:.1f} GFLOP/s (float32 1024x1024 matmul on the CPU{threads})"
+             if facts.gflops is not None else "not measured")
+    compiler = (f"{facts.compiler} ({facts.compiler_version})" if facts.compiler
+                else "none (no g++ on PATH)")
+    lines = [
+        f"platform: {facts.os}, {facts.machine}",
+        f"cpu: {facts.cpu}, {facts.cores} cores, AVX2 {_yes(facts.avx2)}, "
+        f"AVX-512 {_yes(facts.avx512)}",
+        f"python: {facts.python} ({facts.python_path})",
+        f"mlx: {facts.mlx}, backend {facts.backend}",
+        f"device: {facts.device}",
+        f"compute dtype: {facts.dtype} (model.dtype auto)",
+        f"blas: {b['status']}",
+        f"blas library: {b['library'] or 'none loaded (MLX links its own)'}",
+        f"blas core type: {b['core'] or 'n/a'}",
+        f"blas speed: {speed}",
+        f"compiler for mx.compile's CPU kernels: {compiler}",
+        f"fast exp: {facts.fast_exp}",
+        f"offline: {'yes' if facts.offline else 'no'} ({facts.offline_why})",
+        f"hf cache: {facts.hf_cache}",
+        f"macft cache: {facts.macft_cache}",
+    ]
+    for k in facts.kernels:
+        verdict = k.verdict + (f" ({k.detail}; {k.checked})" if k.detail else "")
+        applies = "yes" if k.applies else f"no (needs {k.device})"
+        lines.append(f"kernel {k.name}: applies here: {applies}; parity here: {verdict}")
+    return lines
+
+
+def cmd_doctor(args) -> int:
+    from macft.doctor import gather
+
+    facts = gather(offline_flag=args.offline)
+    if args.json:
+        _console(json.dumps(facts.as_dict(), indent=1))
+    else:
+        for line in doctor_lines(facts):
+            _console(line)
+    return 0
+
+
+def cmd_init(args) -> int:
+    from macft import shipped
+
+    files = shipped.init(args.name, args.dir)
+    folder = files[0].parent
+    _console(f"{folder}: " + ", ".join(str(f.relative_to(folder)) for f in files))
+    _console(f"run it: cd {folder} && macft run recipe.yaml")
+    return 0
+
+
 def cmd_tui(args) -> int:
     from macft.tui import run_app  # lazily: the headless commands never load Textual
 
@@ -320,7 +387,8 @@ def cmd_tui(args) -> int:
 
 COMMANDS = {"run": cmd_run, "plan": cmd_plan, "eval": cmd_eval, "generate": cmd_generate,
             "fuse": cmd_fuse,
-            "export": cmd_export, "chat": cmd_chat, "options": cmd_options, "tui": cmd_tui}
+            "export": cmd_export, "chat": cmd_chat, "doctor": cmd_doctor, "init": cmd_init,
+            "options": cmd_options, "tui": cmd_tui}
 
 
 def main(argv: list[str] | None = None) -> int:

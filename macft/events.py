@@ -44,6 +44,25 @@ class RunStarted(Event):
 
 
 @dataclass(frozen=True)
+class KernelCheck(Event):
+    """Whether a device kernel is used by this run, from its parity check on this device."""
+
+    kernel: str            # "attention.metal"
+    verdict: str           # "passed", "failed" or "unchecked" (kernels: device)
+    detail: str            # "24 cases", or the failed case and what differed
+    cached: bool = False   # the verdict came from the cache folder
+
+    def line(self) -> str:
+        if self.verdict == "unchecked":
+            return f"kernel {self.kernel}: used without a parity check (kernels: device)"
+        detail = self.detail + (", cached" if self.cached else "")
+        if self.verdict == "passed":
+            return f"kernel {self.kernel}: passed its parity check here ({detail}); used"
+        return (f"kernel {self.kernel}: failed its parity check here ({detail}); "
+                "using the reference")
+
+
+@dataclass(frozen=True)
 class Step(Event):
     step: int
     total_steps: int
@@ -96,8 +115,8 @@ class Failed(Event):
     error: str
 
 
-EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, Step, Eval, Sample, Checkpoint,
-                                             Finished, Failed)}
+EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, KernelCheck, Step, Eval, Sample,
+                                             Checkpoint, Finished, Failed)}
 
 
 def event_from_json(row: dict) -> Event | None:
@@ -227,6 +246,8 @@ class ConsoleProgress:
                 self._newline("data: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
             if event.start_step:
                 self._newline(f"resuming at step {event.start_step} of {event.total_steps}")
+        elif isinstance(event, KernelCheck):
+            self._newline(event.line())
         elif isinstance(event, Step):
             now = time.monotonic()
             last = event.step == event.total_steps

@@ -141,14 +141,17 @@ def _measure(recipe: Recipe, setting: Setting, steps: int = 2) -> tuple[Measured
                                       grad_accum=setting.grad_accum,
                                       grad_checkpoint=setting.grad_checkpoint))
         trainer = Trainer(r, [])
-        trainer.setup()
-        batches = [trainer.data.train.longest(setting.batch_size)] * setting.grad_accum
-        times = []
-        for step in range(steps):
-            start = time.perf_counter()
-            trainer.train_step(step, batches)
-            times.append(time.perf_counter() - start)
-        peak = float(mx.get_peak_memory())
+        try:
+            trainer.setup()
+            batches = [trainer.data.train.longest(setting.batch_size)] * setting.grad_accum
+            times = []
+            for step in range(steps):
+                start = time.perf_counter()
+                trainer.train_step(step, batches)
+                times.append(time.perf_counter() - start)
+            peak = float(mx.get_peak_memory())
+        finally:
+            trainer.close()             # the next measurement starts from a clean process
     return Measured(setting, peak, times[-1]), trainer
 
 

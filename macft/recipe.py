@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,6 +29,47 @@ def opt(default, help: str, choices: tuple | None = None, **kw):
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML read the way people write recipes (a SafeLoader: the same plain types, nothing else).
+
+    YAML 1.1 reads ``1e-4`` as a string (its floats need a dot) and ``on``/``off``/``yes``/``no``
+    as booleans, so ``learning_rate: 1e-4`` was refused and ``compile: off`` was False. Here any
+    decimal with an exponent is a float, and only true/false are booleans: the other words stay
+    text, which bool fields still accept (``_as_bool``).
+    """
+
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_RecipeLoader.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_EXP_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+_RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXP_FLOAT, list("-+0123456789."))
+
+
+class _RecipeDumper(yaml.SafeDumper):
+    """Quotes a string that either reading would take for something else ("off", "1e5")."""
+
+
+_RecipeDumper.add_implicit_resolver("tag:yaml.org,2002:float", _EXP_FLOAT, list("-+0123456789."))
+
+# The words YAML 1.1 reads as booleans; a bool field takes them as YAML 1.1 did.
+_BOOL_WORDS = {"yes": True, "no": False, "on": True, "off": False, "y": True, "n": False}
+
+
+def parse_yaml(text: str):
+    """A recipe file's or an override's text as values (raises yaml.YAMLError)."""
+    return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def _as_bool(value):
+    if isinstance(value, str) and value.lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[value.lower()]
+    return value
 
 
 METHODS = ("lora", "dora", "qlora", "full")
@@ -142,10 +184,12 @@ class Recipe:
                                 "ipo, orpo or simpo on preference pairs.", choices=OBJECTIVES)
     preference: PreferenceSpec = field(default_factory=PreferenceSpec,
                                        metadata={"help": "Preference-objective settings."})
-    kernels: str = opt("auto", "Training ops: auto = device kernels where they apply, else the "
-                               "memory-bounded references (tiled attention, chunked "
-                               "cross-entropy); reference = always the references; stock = "
-                               "MLX's own ops.", choices=("auto", "reference", "stock"))
+    kernels: str = opt("auto", "Training ops: auto = device kernels (Metal) where they apply "
+                               "and passed their parity check on this device (run once, "
+                               "cached), else the memory-bounded references (tiled attention, "
+                               "chunked cross-entropy); device = the device kernels unchecked; "
+                               "reference = always the references; stock = MLX's own ops.",
+                       choices=("auto", "device", "reference", "stock"))
     init_adapter: str | None = opt(None, "Start from these adapter weights (a folder with "
                                          "adapters.safetensors) instead of fresh ones.")
     stages: list = opt([], "Stages run in order (e.g. sft then dpo); each is a partial recipe "
@@ -181,6 +225,7 @@ def _check_value(value, tp, name: str, src: str, choices):
         tp = next(a for a in args if a is not type(None))
         origin = typing.get_origin(tp)
     if tp is bool:
+        value = _as_bool(value)
         ok = isinstance(value, bool)
     elif tp is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
@@ -300,11 +345,18 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise MacftError(f"override '{text}' must look like section.key=value")
     key, _, value = text.partition("=")
+    return key.strip().split("."), parse_value(value)
+
+
+def parse_value(text: str) -> Any:
+    """One value as typed in an override or the TUI form: as in a recipe file, and text that
+    is not valid YAML stays text (the field's check then names the key)."""
+    if text == "":
+        return ""
     try:
-        parsed = yaml.safe_load(value) if value != "" else ""
+        return parse_yaml(text)
     except yaml.YAMLError:
-        parsed = value
-    return key.strip().split("."), parsed
+        return text
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -328,7 +380,7 @@ def read_yaml(path: str | Path) -> dict:
     if not p.exists():
         raise MacftError(f"{p}: recipe file not found")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = parse_yaml(p.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
@@ -350,7 +402,7 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 def dump(recipe: Recipe, path: str | Path) -> None:
     from macft import runs
 
-    runs.atomic_write(path, yaml.safe_dump(to_dict(recipe), sort_keys=False))
+    runs.atomic_write(path, yaml.dump(to_dict(recipe), Dumper=_RecipeDumper, sort_keys=False))
 
 
 def describe(cls=Recipe, prefix: str = "") -> list[tuple[str, str, Any, str]]:

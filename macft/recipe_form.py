@@ -66,21 +66,12 @@ def to_text(value: Any) -> str:
 
 
 def from_text(text: str, f: FormField) -> Any:
-    """The value a YAML file with this text would give (plus 1e-4 read as a float)."""
+    """The value a recipe file with this text would give (``recipe.parse_value``)."""
     if f.type in ("str", "str | None"):
         return None if f.optional and text == "" else text
     if f.optional and text.strip() == "":
         return None
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, str) and f.type.startswith("float"):
-        try:  # YAML 1.1 reads "1e-4" as a string; a person typing it means a number
-            return float(text)
-        except ValueError:
-            return text
-    return value
+    return recipe_mod.parse_value(text)
 
 
 def nest(values: dict[str, Any]) -> dict:

@@ -218,6 +218,9 @@ class RunState:
         self._log(f"{verb}: {e.method} on {e.model} ({e.device}, {e.dtype}), "
                   f"{e.trainable_params:,} trainable of {e.total_params:,} parameters")
 
+    def _on_KernelCheck(self, e: ev.KernelCheck) -> None:
+        self._log(e.line())
+
     def _on_Step(self, e: ev.Step) -> None:
         self.last, self.step, self.total_steps = e, e.step, e.total_steps
         self.losses.append((e.step, e.loss))

@@ -3,7 +3,8 @@
 Values and gradients (dh, and dW when the head is trained) agree to 1e-4 in float32, over one
 chunk and many, with loss masks, tied and untied heads, and MLX's affine 4/8-bit heads in
 groups of 32 and 64 (dequantized here by unpacking the words by hand). The chunked path's peak
-memory is measured against full logits. Metal parity runs only where Metal is.
+memory is measured against full logits. The Metal kernels' parity check is ``verify``'s
+(tests/test_kernels_verify.py).
 """
 
 from __future__ import annotations
@@ -286,25 +287,3 @@ def test_chunked_peak_is_a_fraction_of_full_logits():
     assert full > 2 * logits_bytes           # logits, their exp and gradient coexist
     assert chunked < 0.2 * full
     assert chunked < 0.3 * logits_bytes
-
-
-# ----- Metal ---------------------------------------------------------------------------------
-
-metal = pytest.mark.skipif(not mx.metal.is_available(), reason="Metal is not available")
-
-
-@metal
-@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
-def test_metal_kernels_match_the_reference(dtype):
-    h, w, t, cot = problem(n=70, d=64, v=1000)
-    tt = mx.array(t)
-    tol = TOL if dtype == mx.float32 else 5e-2
-    with mx.stream(mx.gpu):
-        want = grads(lambda h, w: ce.linear_cross_entropy(
-            h.astype(dtype), w.astype(dtype), tt, weight_grad=True), h, w, cot)
-        for chunks in (ONE, {"chunk_elements": 20_000, "single_elements": 0}):
-            got = grads(lambda h, w: ce.linear_cross_entropy(
-                h.astype(dtype), w.astype(dtype), tt, weight_grad=True, kernel=True, **chunks),
-                h, w, cot)
-            for a, b in zip(got, want):
-                assert close(a, b) < tol * max(1.0, np.abs(b).max())

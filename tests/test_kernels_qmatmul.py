@@ -4,8 +4,8 @@ The base is dequantized here by unpacking the uint32 words by hand, so the tests
 format the Metal kernels read. Values and the gradients for x, A and B agree to 1e-4 (float32)
 for 4 and 8 bits, groups of 32 and 64, with the weight dequantized per call (in one block or
 several) or taken from a cached float copy, and with dropout on the low-rank input. The layer
-swap keeps mlx-lm's parameter names, outputs and gradients. Metal parity runs only where Metal
-is.
+swap keeps mlx-lm's parameter names, outputs and gradients. The Metal kernels' parity check is
+``verify``'s (tests/test_kernels_verify.py).
 """
 
 from __future__ import annotations
@@ -173,27 +173,3 @@ def test_apply_adapters_swaps_lora_over_quantized_bases(tiny_model_dir, tmp_path
         base_out = model(inputs)
     assert type(model.model.layers[0].self_attn.q_proj).__name__ == "QLoRALinear"
     assert close(model(inputs), base_out) < 1e-5            # lora_b starts at zero
-
-
-# ----- Metal ---------------------------------------------------------------------------------
-
-metal = pytest.mark.skipif(not mx.metal.is_available(), reason="Metal is not available")
-
-
-@metal
-@pytest.mark.parametrize("bits", [4, 8])
-@pytest.mark.parametrize("group_size", [32, 64])
-@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
-def test_metal_kernels_match_the_reference(bits, group_size, dtype):
-    (wq, scales, biases), x, a, b, g = problem(bits, group_size)
-    tol = TOL if dtype == mx.float32 else 5e-2
-    scales, biases = scales.astype(dtype), biases.astype(dtype)
-    with mx.stream(mx.gpu):
-        def fn(kernel):
-            return lambda x, a, b: qmatmul.qlora_linear(
-                x.astype(dtype), wq, scales, biases, a, b, SCALE, group_size, bits,
-                kernel=kernel)
-        want = run(fn(False), x, a, b, g)
-        got = run(fn(True), x, a, b, g)
-    for have, ref in zip(got, want):
-        assert close(have, ref) < tol * max(1.0, float(np.abs(np.asarray(ref)).max()))

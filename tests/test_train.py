@@ -286,6 +286,7 @@ def test_real_smollm2_qlora_steps_lower_validation_loss(smollm2_path, tmp_path):
     for step in range(4):
         trainer.train_step(step)
     after = trainer.objective.validation_loss()
+    trainer.close()
     assert before > 0.2            # the base model does not know the format
     assert after < 0.6 * before, (before, after)
     names = {type(m).__name__ for _, m in trainer.model.named_modules()}
@@ -333,6 +334,7 @@ def test_compiled_step_matches_the_uncompiled_one(workdir, monkeypatch, method, 
             shapes.append(trainer.micro_batches(step)[0].inputs.shape)
             losses.append(trainer.train_step(step)[0])
             calls.append(len(traced))
+        trainer.close()
         return trainer, shapes, losses, calls
 
     plain, _, want, calls_off = run(f"cmp-off-{method}-{packing}", "off")
@@ -363,18 +365,8 @@ def test_compile_auto_stays_off_with_stock_kernels(workdir):
                          train__eval_every=0, train__save_every=0)
     trainer = Trainer(recipe, [])
     trainer.setup()
+    trainer.close()                 # kernels: stock ends with the run
     assert trainer.objective.compiled_step is None
-
-
-def test_gradient_checkpointing_gives_the_same_losses(workdir):
-    def losses(out, checkpointing):
-        recipe = make_recipe(workdir, out, train__steps=4, train__eval_every=0,
-                             train__save_every=0, train__grad_checkpoint=checkpointing)
-        sink = Collect()
-        train(recipe, [sink])
-        return [e.loss for e in sink.of(Step)]
-
-    assert losses("ckpt-on", True) == pytest.approx(losses("ckpt-off", False), abs=1e-5)
 
 
 def test_schedules():

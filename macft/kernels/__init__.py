@@ -1,7 +1,9 @@
 """Custom ops, one per module: a reference in plain MLX ops beside each device kernel.
 
 ``mode`` is the recipe's ``kernels`` switch, read by every op's dispatcher:
-- "auto": the device kernel where one applies (Metal), else the op's reference;
+- "auto": a device kernel (Metal) where one applies and passed its parity check on this
+  device (``verify``: run once, cached), else the op's reference;
+- "device": the device kernel wherever one applies, unchecked (for those who want it);
 - "reference": always the reference in plain MLX ops (memory-bounded, any backend);
 - "stock": MLX's own ops (``scaled_dot_product_attention``, full logits then cross-entropy),
   for comparison.
@@ -12,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 
-MODES = ("auto", "reference", "stock")
+MODES = ("auto", "device", "reference", "stock")
 
 _MODE: contextvars.ContextVar[str] = contextvars.ContextVar("macft_kernels", default="auto")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from macft.kernels import fastexp
+from macft.kernels import fastexp, verify
 from macft.kernels.metal import MetalKernel
 
 
@@ -272,18 +272,19 @@ def attention(q, k, v, scale: float, causal: bool = True, segments=None):
     """The dispatcher: the recipe's ``kernels`` mode picks MLX's own op or one of ours.
 
     "stock": MLX's ``scaled_dot_product_attention``. "reference": ``tiled`` (memory O(T x
-    tile) on every backend). "auto": the Metal kernels where they apply; otherwise ``tiled``
-    once the (T x S) probabilities would be large, and ``blocked`` below that (measured faster
-    than MLX's op on this CPU: it skips the keys a causal block cannot see and computes each
-    exp once).
+    tile) on every backend). "auto": a device kernel (Metal) where it applies and passed its
+    parity check here (``verify``; "device": unchecked); otherwise ``tiled`` once the (T x S)
+    probabilities would be large, and ``blocked`` below that (measured faster than MLX's op on
+    this CPU: it skips the keys a causal block cannot see and computes each exp once).
     """
     from macft import kernels
 
     mode = kernels.mode()
     t, s = q.shape[2], k.shape[2]
-    if mode == "auto":
-        if metal_applies(q, k):
-            return metal_attention(q, k, v, scale, causal, segments)
+    if mode in ("auto", "device"):
+        device_kernel = verify.pick("attention", q, k)
+        if device_kernel is not None:
+            return device_kernel(q, k, v, scale, causal, segments)
         if t * s > AUTO_TILED_ABOVE:
             mode = "reference"
         else:
@@ -548,12 +549,9 @@ _ATTN_DKV = MetalKernel(
 METAL_KERNELS = [_ATTN_FORWARD, _ATTN_DQ, _ATTN_DKV]
 
 
-def metal_applies(q, k) -> bool:
-    """The Metal kernels run on the GPU for the head dims they were written for."""
-    from macft.kernels import metal
-
-    return (metal.available() and mx.default_device() == mx.gpu
-            and q.shape[-1] in HEAD_DIMS and q.shape[1] % k.shape[1] == 0)
+def metal_fits(q, k, *rest) -> bool:
+    """The Metal kernels handle the head dims they were written for."""
+    return q.shape[-1] in HEAD_DIMS and q.shape[1] % k.shape[1] == 0
 
 
 def metal_attention(q, k, v, scale: float, causal: bool = True, segments=None):

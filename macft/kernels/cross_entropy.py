@@ -23,7 +23,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from macft.kernels import fastexp
+from macft.kernels import fastexp, verify
 from macft.kernels.metal import MetalKernel
 from macft.kernels.qmatmul import long_matmul
 
@@ -354,7 +354,8 @@ def losses(h, head, targets, mask=None):
     ``targets``; rows where ``mask`` is 0 give 0 and no gradient.
 
     "stock": ``plain``. "reference": ``linear_cross_entropy`` in plain ops. "auto": the same
-    with the Metal kernels where Metal is available.
+    with the Metal kernels where they run and passed their parity check here (``verify``;
+    "device": unchecked).
     """
     from macft import kernels
 
@@ -366,8 +367,8 @@ def losses(h, head, targets, mask=None):
         out = plain(h, head, targets)
     else:
         weight, trained = found
-        use_kernel = mode == "auto" and mx.default_device() == mx.gpu and mx.metal.is_available()
-        out = linear_cross_entropy(h, weight, targets, weight_grad=trained, kernel=use_kernel)
+        op = verify.pick("cross_entropy", h, weight, targets) or linear_cross_entropy
+        out = op(h, weight, targets, weight_grad=trained)
     if mask is not None:
         out = out * mask.astype(out.dtype)
     return out

@@ -115,15 +115,16 @@ _ON: contextvars.ContextVar[bool] = contextvars.ContextVar("macft_fast_exp", def
 
 
 @contextlib.contextmanager
-def enabled():
-    """Within this block the ops below use the compiled path where it applies.
+def enabled(on: bool = True):
+    """Within this block the ops below use the compiled path where it applies (``on=False``:
+    they do not, whatever an outer block said; a run starts that way).
 
     Only for code that runs compiled or outside any gradient transform: inside ``mx.grad``
     or ``mx.vjp`` MLX traces through ``mx.compile``d functions instead of fusing them, and
     the dozen unfused ops are slower than ``mx.exp`` and hold more memory. The trainer turns
     it on inside its compiled step (and for evaluation, which takes no gradient).
     """
-    token = _ON.set(True)
+    token = _ON.set(on)
     try:
         yield
     finally:

@@ -15,7 +15,7 @@ import mlx.nn as nn
 from mlx_lm.tuner.lora import LoRALinear
 
 from macft import env, kernels
-from macft.kernels import cross_entropy
+from macft.kernels import cross_entropy, verify
 from macft.kernels.qmatmul import dequantized, qlora_linear, quantized_matmul
 
 # On the CPU, dequantizing a frozen weight on every call costs more than the matmul itself for
@@ -74,6 +74,25 @@ def _cached_float(module, dtype):
     return full
 
 
+def cached_bytes() -> int:
+    """Bytes of float copies counted against ``CACHE_BUDGET_BYTES`` (this process)."""
+    return _cached_bytes
+
+
+def drop_caches(model: nn.Module) -> int:
+    """Drop the float copies held by ``model``'s layers and take them off the count (a run does
+    this when it ends, so the next run has the whole budget); return the bytes dropped."""
+    global _cached_bytes
+    dropped = 0
+    for _, module in model.named_modules():
+        hit = module.get("_dq")
+        if hit is not None:
+            dropped += hit.nbytes
+            del module["_dq"], module["_dq_src"]
+    _cached_bytes = max(_cached_bytes - dropped, 0)
+    return dropped
+
+
 cross_entropy.use_float_copies(_cached_float)   # the loss's head reuses these copies
 
 
@@ -113,11 +132,11 @@ class QLoRALinear(LoRALinear):
             return super().__call__(x)
         dropped = self.dropout(x)           # the same object when dropout is off or p == 0
         on_cpu = mx.default_device() == mx.cpu
-        y = qlora_linear(x, base["weight"], base["scales"], base.get("biases"), self.lora_a,
-                         self.lora_b, self.scale, base.group_size, base.bits,
-                         dropped=None if dropped is x else dropped,
-                         dense=_cached_float(base, x.dtype) if on_cpu else None,
-                         kernel=mode == "auto" and not on_cpu and mx.metal.is_available())
+        op = verify.pick("qlora", x) or qlora_linear     # a device kernel that passed its check
+        y = op(x, base["weight"], base["scales"], base.get("biases"), self.lora_a,
+               self.lora_b, self.scale, base.group_size, base.bits,
+               dropped=None if dropped is x else dropped,
+               dense=_cached_float(base, x.dtype) if on_cpu else None)
         if "bias" in base:
             y = y + base["bias"]
         return y

@@ -17,9 +17,10 @@ import mlx.core as mx
 import mlx.optimizers as optim
 from mlx.utils import tree_map
 
-from macft import env, kernels, recipe as recipe_mod, runs
+from macft import env, recipe as recipe_mod, runs
 from macft import runtime
 from macft.errors import MacftError
+from macft.kernels import verify
 from macft.events import (Checkpoint, Eval, Failed, Finished, MetricsFile, RunStarted, Sample,
                           Step, StopSignal)
 from macft.models import adapters
@@ -27,6 +28,7 @@ from macft.models.load import Loaded, load_base
 from macft.recipe import Recipe
 from macft.train import checkpoint, distributed, objectives
 from macft.train.objectives.base import DataBundle  # noqa: F401  (re-exported)
+from macft.train.scope import RunScope
 
 # Recipe keys that may change when a run is resumed (e.g. to train longer).
 RESUMABLE_CHANGES = {"train.steps", "train.epochs", "train.patience", "train.eval_every",
@@ -90,6 +92,7 @@ class Trainer:
         self.step_metrics: dict = {}
         self.world = distributed.world()
         self.last_checkpoint: str | None = None
+        self.scope: RunScope | None = None
 
     def emit(self, event) -> None:
         if not self.world.main:         # one display, one metrics file: rank 0's
@@ -111,10 +114,12 @@ class Trainer:
             recipe_mod.dump(r, runs.recipe_path(self.run_dir))
             self.sinks.append(MetricsFile(runs.metrics_path(self.run_dir)))
         self.backend = runtime.backend(r.model.dtype)
-        kernels.set_mode(r.kernels)
+        self.scope = RunScope(r.kernels)    # undone by close(), which run() always calls
+        self.kernel_checks = verify.for_run(r.kernels)     # device kernels: checked, cached
         if self.loaded is None:
             self.loaded = load_base(r.model.path, r.model.revision, r.model.dtype)
         self.model = self.loaded.model
+        self.scope.own_caches(self.model)
         self.tokenizer = self.loaded.tokenizer
         self.objective = objectives.create(r, self.world)
         self.data = self.objective.load_data(self.tokenizer)
@@ -129,9 +134,7 @@ class Trainer:
         self.total = total_steps(r, self.data.train.batches_per_epoch)
         self.objective.setup(self.model, self.run_dir, self.backend, self.total)
         if r.train.grad_checkpoint:
-            from mlx_lm.tuner.trainer import grad_checkpoint
-
-            grad_checkpoint(self.model.layers[0])
+            self.scope.checkpoint(self.model.layers)
         self.schedule = build_schedule(r.train, self.total)
         self.optimizer = optim.AdamW(learning_rate=self.schedule,
                                      weight_decay=r.train.weight_decay)
@@ -248,7 +251,18 @@ class Trainer:
         return self.world.total(1.0 if self.stop.stopped else 0.0) > 0
 
     # ----- the loop ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Undo what set-up changed in the process (see ``scope``); for callers of ``setup``."""
+        if self.scope is not None:
+            self.scope.close()
+
     def run(self) -> Finished:
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def _run(self) -> Finished:
         try:
             self.setup()
         except MacftError as exc:
@@ -266,6 +280,8 @@ class Trainer:
             total_steps=self.total, start_step=self.step, trainable_params=trainable,
             total_params=total_params, train_examples=len(self.data.train.sequences),
             data_stats=self.data.stats))
+        for event in self.kernel_checks:
+            self.emit(event)
         kill_after = int(env.get("MACFT_DEBUG_KILL_AFTER_STEP"))
         start = time.monotonic()
         reason = "completed"

@@ -15,13 +15,13 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from macft import recipe as recipe_mod, runs
+from macft import recipe as recipe_mod, runs, shipped
 from macft.errors import MacftError
 from macft.events import Failed, Finished, StopSignal
 from macft.runs import RunState, display_path, recipe_files, scan_runs
 from macft.tui.bridge import RunEvents, UiSink
 
-SHIPPED_RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+SHIPPED_RECIPES = shipped.RECIPES     # package data: there after a non-editable install too
 
 
 @dataclass
