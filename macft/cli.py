@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 from pathlib import Path
 
+from macft import env
 from macft.errors import MacftError
+from macft.export.targets import DEFAULT_QUANT, TARGETS, quant_names
+from macft.generation import MAX_TOKENS
+from macft.plan import SAFE_SHARE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("recipe", help="recipe YAML file")
     pl.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
     pl.add_argument("--memory-budget", metavar="SIZE",
-                    help="e.g. 12GB (default: 70%% of this machine's memory)")
+                    help=f"e.g. 12GB (default: {SAFE_SHARE * 100:.0f}%% of this machine's memory)")
 
     ev = sub.add_parser("eval", parents=[common], help="greedy answers + exact match on a data set")
     ev.add_argument("target", help="run folder or model")
@@ -57,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("target", help="run folder or model")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--system", help="system message")
-    gen.add_argument("--max-tokens", type=int, default=256)
+    gen.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
     gen.add_argument("--raw", action="store_true",
                      help="continue the prompt as plain text (no chat template): base models")
 
@@ -67,12 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", parents=[common],
                          help="write a run or model as GGUF for llama.cpp (optionally verified)")
     exp.add_argument("target", help="run folder or model")
-    exp.add_argument("--gguf", metavar="OUT.gguf", help="the model, adapters fused")
-    exp.add_argument("--quant", default="f16", metavar="TYPE",
-                     help="f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k, q4_k_m "
-                          "(default f16)")
-    exp.add_argument("--gguf-adapter", metavar="OUT.gguf",
-                     help="the LoRA adapter alone, for llama.cpp --lora")
+    for t in TARGETS.values():
+        exp.add_argument(t.flag, metavar=t.metavar, help=t.help)
+    exp.add_argument("--quant", default=DEFAULT_QUANT, metavar="TYPE",
+                     help=_LazyHelp(lambda: f"{', '.join(quant_names())} "
+                                            f"(default {DEFAULT_QUANT})"))
     exp.add_argument("--verify", action="store_true",
                      help="load the file in llama.cpp and compare it with MLX on held-out text")
     exp.add_argument("--verify-text", metavar="FILE", help="held-out text for --verify")
@@ -81,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--prompt", help="answer this one message and exit")
     chat.add_argument("--system", help="system message")
     chat.add_argument("--lora", metavar="ADAPTER.gguf", help="LoRA adapter GGUF to apply")
-    chat.add_argument("--max-tokens", type=int, default=256)
+    chat.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
     chat.add_argument("--temp", type=float, default=0.0, help="sampling temperature (0: greedy)")
     chat.add_argument("--ctx", type=int, default=4096, help="context length")
     doc = sub.add_parser("doctor", parents=[common],
@@ -100,6 +102,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class _LazyHelp(str):
+    """Help text made only when help is shown (the quant names need gguf-py, ~1 s to load)."""
+
+    def __new__(cls, make):
+        self = super().__new__(cls, "...")
+        self.make = make
+        return self
+
+    def __mod__(self, params):
+        return self.make()
+
+
 def options_table(markdown: bool) -> list[str]:
     """Every recipe option with its type, default and help, straight from the dataclasses."""
     from macft.recipe import describe
@@ -116,7 +130,13 @@ def options_table(markdown: bool) -> list[str]:
 
 
 def cmd_options(args) -> int:
+    from macft import env
+
     for line in options_table(args.markdown):
+        _console(line)
+    _console("")
+    _console("Environment switches:" if not args.markdown else "Environment switches:\n")
+    for line in env.table(args.markdown):
         _console(line)
     return 0
 
@@ -126,7 +146,7 @@ def _console(text: str) -> None:
 
 
 def cmd_run(args) -> int:
-    from macft import recipe as recipe_mod
+    from macft import recipe as recipe_mod, runs
     from macft.events import ConsoleProgress, StopSignal
     from macft.train.loop import train
 
@@ -134,9 +154,9 @@ def cmd_run(args) -> int:
         return _launch(args)
     target = Path(args.recipe)
     if target.is_dir():
-        if not (target / "recipe.yaml").exists():
-            raise MacftError(f"{target}: not a run folder (no recipe.yaml)")
-        recipe = recipe_mod.load(target / "recipe.yaml", args.overrides + [f"output={target}"])
+        if not runs.is_run_dir(target):
+            raise MacftError(f"{target}: not a run folder (no {runs.RECIPE})")
+        recipe = recipe_mod.load(runs.recipe_path(target), args.overrides + [f"output={target}"])
     else:
         recipe = recipe_mod.load(target, args.overrides)
     from macft import runtime
@@ -281,14 +301,12 @@ def cmd_generate(args) -> int:
 
 
 def cmd_fuse(args) -> int:
-    from macft.models.fuse import fuse_in_place, save_folder
-    from macft.models.load import is_run_dir, load_for_inference
+    from macft import runs
+    from macft.export.targets import fuse_to_folder
 
-    if not is_run_dir(args.run):
-        raise MacftError(f"{args.run}: not a run folder (no recipe.yaml)")
-    loaded, _ = load_for_inference(args.run)
-    n = fuse_in_place(loaded.model)
-    out = save_folder(loaded.model, loaded.tokenizer, loaded.config, Path(args.out))
+    if not runs.is_run_dir(args.run):
+        raise MacftError(f"{args.run}: not a run folder (no {runs.RECIPE})")
+    n, out = fuse_to_folder(args.run, args.out)
     _console(f"fused {n} adapter layers into {out}")
     return 0
 
@@ -297,7 +315,7 @@ def cmd_export(args) -> int:
     from macft.export.pipeline import export
 
     return export(args.target, gguf=args.gguf, quant=args.quant, adapter_gguf=args.gguf_adapter,
-                  verify=args.verify, verify_text=args.verify_text, say=_console)
+                  verify=args.verify, verify_text=args.verify_text, say=_console, hf=args.hf)
 
 
 def cmd_chat(args) -> int:
@@ -388,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    debug = getattr(args, "debug", False) or os.environ.get("MACFT_DEBUG") == "1"
+    debug = getattr(args, "debug", False) or env.get("MACFT_DEBUG") == "1"
     if getattr(args, "offline", False):
         from macft import runtime
 

@@ -55,8 +55,7 @@ def score(predictions: list[str], references: list[str]) -> tuple[float, int, fl
 
 def data_loss(model, tokenizer, rows, spec: DataSpec, path: str, batch_size: int) -> float | None:
     """Mean cross-entropy over the trained tokens of the data set (as in validation)."""
-    from macft.data import Batcher, encode_rows, make_sequences
-    from macft.train.loop import pad_id
+    from macft.data import Batcher, encode_rows, make_sequences, pad_id
     from macft.train.loss import mean_loss
 
     encoded = encode_rows(rows, tokenizer, spec, path)
@@ -115,11 +114,10 @@ def evaluate_pairs(model, tokenizer, path: str, spec: DataSpec, batch_size: int,
     """
     import numpy as np
 
-    from macft.data import load_rows
+    from macft.data import load_rows, pad_id
     from macft.data.preference import PairBatcher, encode_pairs
     from macft.models.adapters import disabled
-    from macft.train.loop import pad_id
-    from macft.train.objectives import reference_logps
+    from macft.train.objectives.preference import reference_logps
 
     pairs = encode_pairs(load_rows(path), tokenizer, spec, path).pairs
     batcher = PairBatcher(pairs, batch_size, 0, shuffle=False, pad_id=pad_id(tokenizer))

@@ -115,6 +115,22 @@ class Failed(Event):
     error: str
 
 
+EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, KernelCheck, Step, Eval, Sample,
+                                             Checkpoint, Finished, Failed)}
+
+
+def event_from_json(row: dict) -> Event | None:
+    """The typed event of one ``to_json`` row (None for an unknown or damaged one)."""
+    cls = EVENT_TYPES.get(row.get("event", ""))
+    if cls is None:
+        return None
+    names = {f.name for f in dataclasses.fields(cls)}
+    try:
+        return cls(**{k: v for k, v in row.items() if k in names})
+    except TypeError:
+        return None
+
+
 class Sink(Protocol):
     def __call__(self, event: Event) -> None: ...
 

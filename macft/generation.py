@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from typing import Callable
 
+# The longest answer of `macft generate` and `macft chat` (eval and training samples take
+# theirs from the recipe: eval.max_tokens, train.sample_max_tokens).
+MAX_TOKENS = 256
+
 
 def greedy(model, tokenizer, prompts: list[list[int]], max_tokens: int, batch_size: int = 32,
            progress: Callable[[int, int], None] | None = None) -> list[str]:

@@ -112,21 +112,6 @@ def gb(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
-def _longest(batcher, rows: int):
-    """The batch of the ``rows`` longest sequences (pairs: longest of chosen/rejected)."""
-    from macft.data.preference import PairBatcher
-
-    import numpy as np
-
-    if isinstance(batcher, PairBatcher):
-        lengths = [max(len(batcher._seqs.sequences[i].ids),
-                       len(batcher._seqs.sequences[batcher.n + i].ids)) for i in range(batcher.n)]
-        idx = np.argsort(lengths, kind="stable")[-rows:]
-        return batcher._collate(idx)
-    order = sorted(batcher.sequences, key=lambda s: len(s.ids))
-    return batcher.collate(order[-rows:])
-
-
 def _shape(batch) -> tuple[int, int]:
     b = getattr(batch, "batch", batch)
     return tuple(b.inputs.shape)
@@ -158,12 +143,11 @@ def _measure(recipe: Recipe, setting: Setting, steps: int = 2) -> tuple[Measured
         trainer = Trainer(r, [])
         try:
             trainer.setup()
-            batch = _longest(trainer.data.train, setting.batch_size)
-            trainer.micro_batches = lambda step: [batch] * setting.grad_accum
+            batches = [trainer.data.train.longest(setting.batch_size)] * setting.grad_accum
             times = []
             for step in range(steps):
                 start = time.perf_counter()
-                trainer.train_step(step)
+                trainer.train_step(step, batches)
                 times.append(time.perf_counter() - start)
             peak = float(mx.get_peak_memory())
         finally:
@@ -195,7 +179,7 @@ def plan(recipe: Recipe, budget: float | None = None, steps: int = 2) -> Plan:
                       recipe.train.grad_checkpoint)
     first, trainer = _measure(recipe, setting, steps)
     batcher = trainer.data.train
-    rows, length = _shape(_longest(batcher, setting.batch_size))
+    rows, length = _shape(batcher.longest(setting.batch_size))
     result = Plan(recipe, budget, (rows, length),
                   total_steps(recipe, batcher.batches_per_epoch),
                   _fill(batcher, setting.batch_size, rows * length), [first])

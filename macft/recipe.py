@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from macft.errors import MacftError
+from macft.train.objectives import OBJECTIVES  # the registry's names (it loads no MLX)
 
 
 def opt(default, help: str, choices: tuple | None = None, **kw):
@@ -72,7 +73,6 @@ def _as_bool(value):
 
 
 METHODS = ("lora", "dora", "qlora", "full")
-OBJECTIVES = ("sft", "dpo", "ipo", "orpo", "simpo")
 
 
 @dataclass(frozen=True)
@@ -320,6 +320,8 @@ def _merge(base: dict, over: dict) -> dict:
 
 def stage_recipes(recipe: Recipe, src: str = "<recipe>") -> list[Recipe]:
     """The full recipe of each stage: the stage's keys over the parent's, its own folder."""
+    from macft import runs
+
     base = to_dict(recipe)
     base["stages"] = []
     out = []
@@ -333,7 +335,7 @@ def stage_recipes(recipe: Recipe, src: str = "<recipe>") -> list[Recipe]:
         raw = _merge(base, stage)
         label = stage.get("name") or stage.get("objective") or "sft"
         raw["name"] = f"{recipe.name}-{label}"
-        raw["output"] = str(recipe.run_dir / f"stage-{i + 1}-{label}")
+        raw["output"] = str(runs.stage_dir(recipe.run_dir, i, label))
         out.append(_validate(_build(Recipe, raw, where), where))
     return out
 
@@ -401,11 +403,9 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 
 def dump(recipe: Recipe, path: str | Path) -> None:
-    text = yaml.dump(to_dict(recipe), Dumper=_RecipeDumper, sort_keys=False)
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(p)
+    from macft import runs
+
+    runs.atomic_write(path, yaml.dump(to_dict(recipe), Dumper=_RecipeDumper, sort_keys=False))
 
 
 def describe(cls=Recipe, prefix: str = "") -> list[tuple[str, str, Any, str]]:

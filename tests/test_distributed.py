@@ -156,6 +156,7 @@ def assert_same_run(one: Path, two: Path) -> None:
         assert max_diff(adapters(one / name), adapters(two / name)) < TOL
 
 
+@pytest.mark.slow     # separate processes: tens of seconds each on 2 cores
 @pytest.mark.parametrize("objective", ["sft", "dpo"])
 def test_two_ranks_match_one_process(work, objective):
     one = single(work, objective)
@@ -174,6 +175,7 @@ def test_two_ranks_match_one_process(work, objective):
     assert outs[1][0] == "" and "step" not in outs[1][1]
 
 
+@pytest.mark.slow     # separate processes: tens of seconds each on 2 cores
 def test_two_ranks_resume_from_rank_0s_checkpoint(work):
     """Both ranks die after the step-5 checkpoint; two fresh ranks, rank 1 with an empty
     folder, finish the run exactly like one uninterrupted process."""
@@ -192,6 +194,7 @@ def test_two_ranks_resume_from_rank_0s_checkpoint(work):
     assert not out.with_name(f"{out.name}-rank-1").exists()
 
 
+@pytest.mark.slow     # separate processes: tens of seconds each on 2 cores
 def test_killing_a_rank_ends_the_other_with_one_line(work):
     recipe = write_recipe(work, "kill", steps=40, save_every=3, eval_every=0)
     out = work / "killed"
@@ -220,6 +223,7 @@ def test_killing_a_rank_ends_the_other_with_one_line(work):
                                                               "reason": "completed"}
 
 
+@pytest.mark.slow     # separate processes: tens of seconds each on 2 cores
 def test_a_frozen_rank_is_caught_by_the_watchdog(work):
     """A peer that stops answering but keeps its sockets open (SIGSTOP) blocks the all_sum;
     the watchdog ends rank 0 after MACFT_DIST_TIMEOUT seconds without a step."""
@@ -249,6 +253,7 @@ def test_a_frozen_rank_is_caught_by_the_watchdog(work):
     assert state["step"] == step
 
 
+@pytest.mark.slow     # separate processes: tens of seconds each on 2 cores
 def test_hosts_trains_through_mlx_launch(work):
     """`macft run --hosts` on a two-entry localhost hostfile: mlx.launch starts both ranks
     (127.0.0.1 runs without ssh), and the run matches the one-process run."""

@@ -27,7 +27,7 @@ from macft.export import quants
 from macft.export.adapter import write_lora_gguf
 from macft.export.quant_plan import QUANTS, use_more_bits
 from macft.export.writer import write_gguf
-from macft.models.gguf import load_gguf, permute_rows, read_header, unpermute_rows
+from macft.gguf.reader import load_gguf, permute_rows, read_header, unpermute_rows
 
 Q = gguf.GGMLQuantizationType
 GOLDEN = Path(__file__).parent / "golden"
@@ -413,7 +413,8 @@ def test_cli_quant_help_lists_every_quant_type():
     from macft.cli import _parser
 
     sub = next(a for a in _parser()._actions if a.dest == "command")
-    helptext = next(a.help for a in sub.choices["export"]._actions if a.dest == "quant")
+    action = next(a for a in sub.choices["export"]._actions if a.dest == "quant")
+    helptext = action.help % vars(action)        # how argparse expands it (made lazily)
     assert [q for q in QUANTS if q in helptext.replace(",", " ").split()] == list(QUANTS)
 
 
@@ -454,7 +455,7 @@ def make_spm_tokenizer():
 
 
 def test_sentencepiece_vocabulary_round_trips_through_the_importer(tmp_path):
-    from macft.models.gguf_tokenizer import read_gguf_tokenizer
+    from macft.gguf.tokenizer import read_gguf_tokenizer
 
     spm = make_spm_tokenizer()
     model, cfg = tiny("mistral", vocab_size=400)
@@ -513,6 +514,27 @@ def test_run_export_fuses_adapters_and_writes_the_adapter_alone(tmp_path, capsys
     md = read_header(lora).metadata
     assert md["adapter.lora.alpha"] == 8.0 and md["general.type"] == "adapter"
     assert len(read_header(lora).tensors) == 2 * 3 * 2
+
+
+def test_export_targets_and_quants_come_from_their_tables(tmp_path, capsys):
+    """`export --hf` is the fuse flow (same folder as `macft fuse`); --help lists each target
+    and each quant of the tables."""
+    from macft.export.quant_plan import QUANTS
+    from macft.export.targets import TARGETS
+
+    run = make_run(tmp_path)
+    assert main(["export", str(run), "--hf", str(tmp_path / "hf")]) == 0
+    assert main(["fuse", str(run), "--out", str(tmp_path / "fused")]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said == [f"fused 6 adapter layers into {tmp_path / 'hf'}",
+                    f"fused 6 adapter layers into {tmp_path / 'fused'}"]
+    for name in ("model.safetensors", "config.json"):
+        assert (tmp_path / "hf" / name).read_bytes() == (tmp_path / "fused" / name).read_bytes()
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert all(t.flag in shown for t in TARGETS.values())
+    assert f"{', '.join(QUANTS)} (default f16)" in shown
 
 
 def test_run_export_of_a_dora_adapter_alone_is_refused(tmp_path, capsys):

@@ -21,8 +21,8 @@ from mlx_lm.utils import _get_classes
 
 from conftest import CHATML, TINY_LLAMA, make_tokenizer
 from macft.errors import MacftError
-from macft.models.gguf import load_gguf, read_header, read_tensors
-from macft.models.gguf_tokenizer import read_gguf_tokenizer
+from macft.gguf.reader import load_gguf, read_header, read_tensors
+from macft.gguf.tokenizer import read_gguf_tokenizer
 
 Q = gguf.GGMLQuantizationType
 TOP = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}

@@ -21,7 +21,7 @@ from macft.data import load_rows
 from macft.data.preference import PairBatcher, encode_pairs
 from macft.errors import MacftError
 from macft.events import Collect, Eval, Step, read_metrics
-from macft.train import objectives as obj
+from macft.train.objectives import preference as obj
 from macft.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]

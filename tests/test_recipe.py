@@ -98,7 +98,7 @@ def test_a_saved_recipe_reads_back_the_same(tmp_path):
 
 
 def test_the_tui_form_reads_text_with_the_same_rule():
-    from macft.tui.form import form_fields, from_text, values_to_recipe
+    from macft.recipe_form import form_fields, from_text, values_to_recipe
 
     fields = {f.key: f for f in form_fields()}
     typed = {"train.learning_rate": "3e-4", "train.min_lr_ratio": "5E-5",

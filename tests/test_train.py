@@ -169,10 +169,10 @@ def test_events_and_metrics_file(workdir):
 
 def test_early_stopping_keeps_the_best(workdir, monkeypatch):
     """Scripted validation losses: the best is 2.0 at step 4; two worse evaluations stop it."""
-    from macft.train.loop import Trainer
+    from macft.train.objectives.sft import Sft
 
     scripted = iter([3.0, 2.0, 2.5, 2.6, 9.9, 9.9])
-    monkeypatch.setattr(Trainer, "validation_loss", lambda self: next(scripted))
+    monkeypatch.setattr(Sft, "validation_loss", lambda self: next(scripted))
     recipe = make_recipe(workdir, "run-early", train__steps=40, train__eval_every=2,
                          train__patience=2)
     sink = Collect()
@@ -282,10 +282,10 @@ def test_real_smollm2_qlora_steps_lower_validation_loss(smollm2_path, tmp_path):
     })
     trainer = Trainer(recipe, [Collect()])
     trainer.setup()
-    before = trainer.validation_loss()
+    before = trainer.objective.validation_loss()
     for step in range(4):
         trainer.train_step(step)
-    after = trainer.validation_loss()
+    after = trainer.objective.validation_loss()
     trainer.close()
     assert before > 0.2            # the base model does not know the format
     assert after < 0.6 * before, (before, after)
@@ -338,10 +338,10 @@ def test_compiled_step_matches_the_uncompiled_one(workdir, monkeypatch, method, 
         return trainer, shapes, losses, calls
 
     plain, _, want, calls_off = run(f"cmp-off-{method}-{packing}", "off")
-    assert plain.compiled_step is None and calls_off == [0, 0, 0]
+    assert plain.objective.compiled_step is None and calls_off == [0, 0, 0]
     traced.clear()
     comp, shapes, got, calls = run(f"cmp-on-{method}-{packing}", "auto")
-    assert comp.compiled_step is not None               # auto compiles on the CPU in float32
+    assert comp.objective.compiled_step is not None               # auto compiles on the CPU in float32
     assert got == pytest.approx(want, abs=1e-5)
     assert calls[0] > 0                                 # the fast exp is in the traced graph
     for k in (1, 2):                                    # a known shape runs without tracing
@@ -366,7 +366,7 @@ def test_compile_auto_stays_off_with_stock_kernels(workdir):
     trainer = Trainer(recipe, [])
     trainer.setup()
     trainer.close()                 # kernels: stock ends with the run
-    assert trainer.compiled_step is None
+    assert trainer.objective.compiled_step is None
 
 
 def test_schedules():

@@ -19,9 +19,9 @@ from textual.widgets import DataTable, Input, Select
 from macft import events as ev
 from macft import recipe as recipe_mod
 from macft.errors import MacftError
+from macft.runs import RunState
 from macft.tui.app import MacftApp
 from macft.tui.bridge import RunEvents, UiSink
-from macft.tui.runs import RunState
 from macft.tui.screens.compare import CompareScreen
 from macft.tui.screens.data import TRAINED, DataScreen
 from macft.tui.screens.export import ExportScreen

@@ -1,6 +1,6 @@
 """Data: rows -> tokens + loss masks -> (packed) sequences -> batches; needs only numpy."""
 
-from macft.data.batches import Batch, Batcher
+from macft.data.batches import Batch, Batcher, pad_id
 from macft.data.encode import (
     FORMATS,
     Encoded,
@@ -18,5 +18,5 @@ from macft.data.rows import Row, load_rows
 __all__ = [
     "FORMATS", "Batch", "Batcher", "Encoded", "EncodedSet", "EncodeStats", "Row", "Sequence",
     "check_row", "detect_format", "encode_row", "encode_rows", "load_rows", "make_sequences",
-    "prompt_and_reference",
+    "pad_id", "prompt_and_reference",
 ]

@@ -68,6 +68,10 @@ class Batcher:
             out.add(max(m, -(-longest // m) * m))
         return out
 
+    def longest(self, rows: int) -> Batch:
+        """The batch of the ``rows`` longest sequences (the worst case a run can meet)."""
+        return self.collate(sorted(self.sequences, key=lambda s: len(s.ids))[-rows:])
+
     def iter_eval(self):
         """Every sequence once, in the given order, the partial last batch included."""
         for start in range(0, len(self.sequences), self.batch_size):
@@ -91,3 +95,13 @@ class Batcher:
                 segments[b, :n] = s.segments[:-1]
             tokens += max(n, 0)
         return Batch(inputs, targets, mask, segments, tokens)
+
+
+def pad_id(tokenizer) -> int:
+    """The id that pads a batch: the tokenizer's pad token, else its end of sequence, else 0."""
+    tok = getattr(tokenizer, "_tokenizer", tokenizer)
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tok, attr, None)
+        if value is not None:
+            return int(value)
+    return 0

@@ -154,6 +154,12 @@ class PairBatcher:
         idx = self.order(epoch)[j * self.batch_size:(j + 1) * self.batch_size]
         return self._collate(idx)
 
+    def longest(self, rows: int) -> PairBatch:
+        """The ``rows`` pairs whose longer answer is longest (the worst case a run can meet)."""
+        seqs = self._seqs.sequences
+        lengths = [max(len(seqs[i].ids), len(seqs[self.n + i].ids)) for i in range(self.n)]
+        return self._collate(np.argsort(lengths, kind="stable")[-rows:])
+
     def iter_eval(self):
         for start in range(0, self.n, self.batch_size):
             yield self._collate(np.arange(start, min(start + self.batch_size, self.n)))

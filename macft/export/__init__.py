@@ -1,1 +1,1 @@
-"""Export: GGUF writer, name maps, quantizers and checks against llama.cpp (the GGUF issue)."""
+"""Export: the targets table, the GGUF writer, quantizers and checks against llama.cpp."""

@@ -8,7 +8,6 @@ llama architecture B's rows get the same permutation as the base's Q/K rows.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import gguf
@@ -17,9 +16,10 @@ import mlx.nn as nn
 import numpy as np
 from mlx_lm.tuner.lora import LoRASwitchLinear
 
+from macft import runs
 from macft.errors import MacftError
-from macft.export import metadata
-from macft.models.gguf import gguf_name, permute_rows
+from macft.gguf import metadata
+from macft.gguf.reader import gguf_name, permute_rows
 
 
 def lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -47,31 +47,29 @@ def write_lora_gguf(model: nn.Module, config: dict, out: str | Path,
     alpha = float(layers[0][1].scale) * rank
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    w = gguf.GGUFWriter(str(tmp), arch)
-    try:
-        w.add_type(gguf.GGUFType.ADAPTER)
-        w.add_name(name)
-        w.add_string(gguf.Keys.Adapter.TYPE, "lora")
-        w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
-        for path, m in layers:
-            base = gguf_name(f"{path}.weight", arch)
-            if base is None:
-                raise MacftError(f"GGUF adapter: layer '{path}' has no GGUF name")
-            a = np.array(m.lora_a.astype(mx.float32)).T              # (rank, in)
-            b = np.array(m.lora_b.astype(mx.float32)).T              # (out, rank)
-            # llama.cpp has one alpha per file: fold a layer's own scale into its B.
-            b = b * np.float32(float(m.scale) * a.shape[0] / alpha)
-            if arch == "llama" and base.split(".")[2] in ("attn_q", "attn_k"):
-                b = permute_rows(b, heads if ".attn_q." in base else kv_heads)
-            w.add_tensor(f"{base}.lora_a", np.ascontiguousarray(a))
-            w.add_tensor(f"{base}.lora_b", np.ascontiguousarray(b))
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        os.replace(tmp, out)
-    finally:
-        w.close()
-        tmp.unlink(missing_ok=True)
+    with runs.atomic_path(out) as tmp:
+        w = gguf.GGUFWriter(str(tmp), arch)
+        try:
+            w.add_type(gguf.GGUFType.ADAPTER)
+            w.add_name(name)
+            w.add_string(gguf.Keys.Adapter.TYPE, "lora")
+            w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+            for path, m in layers:
+                base = gguf_name(f"{path}.weight", arch)
+                if base is None:
+                    raise MacftError(f"GGUF adapter: layer '{path}' has no GGUF name")
+                a = np.array(m.lora_a.astype(mx.float32)).T              # (rank, in)
+                b = np.array(m.lora_b.astype(mx.float32)).T              # (out, rank)
+                # llama.cpp has one alpha per file: fold a layer's own scale into its B.
+                b = b * np.float32(float(m.scale) * a.shape[0] / alpha)
+                if arch == "llama" and base.split(".")[2] in ("attn_q", "attn_k"):
+                    b = permute_rows(b, heads if ".attn_q." in base else kv_heads)
+                w.add_tensor(f"{base}.lora_a", np.ascontiguousarray(a))
+                w.add_tensor(f"{base}.lora_b", np.ascontiguousarray(b))
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file()
+            w.close()
+        finally:
+            w.close()
     return out

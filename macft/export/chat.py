@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from macft.export import llamacpp
+from macft.generation import MAX_TOKENS
 
 HELP = "empty line or /exit quits, /reset forgets the conversation"
 
@@ -29,7 +30,7 @@ def answer(llm, messages: list[dict], max_tokens: int, temperature: float,
 
 
 def chat(path: str | Path, prompt: str | None = None, system: str | None = None,
-         max_tokens: int = 256, temperature: float = 0.0, lora: str | Path | None = None,
+         max_tokens: int = MAX_TOKENS, temperature: float = 0.0, lora: str | Path | None = None,
          n_ctx: int = 4096, read: Callable[[str], str] = input,
          emit: Callable[[str], None] = lambda s: print(s, end="", flush=True)) -> int:
     llm = llamacpp.open_gguf(path, n_ctx=n_ctx, lora=lora)

@@ -32,7 +32,7 @@ def require():
 def open_gguf(path: str | Path, n_ctx: int = 2048, logits_all: bool = False,
               lora: str | Path | None = None, n_threads: int | None = None):
     """A ``llama_cpp.Llama`` for ``path`` (and optionally a LoRA adapter GGUF)."""
-    from macft.models.gguf import read_header
+    from macft.gguf.reader import read_header
 
     path = Path(path)
     header = read_header(path)                           # one-line error on a broken file

@@ -15,16 +15,22 @@ def _name(target: str, loaded) -> str:
 
 def export(target: str, gguf: str | None = None, quant: str = "f16",
            adapter_gguf: str | None = None, verify: bool = False, verify_text: str | None = None,
-           say: Callable[[str], None] = print) -> int:
-    """Write the fused model (``gguf``) and/or the LoRA adapter alone (``adapter_gguf``)."""
+           say: Callable[[str], None] = print, hf: str | None = None) -> int:
+    """Write the fused model (``gguf``), the LoRA adapter alone (``adapter_gguf``) and/or the
+    fused model as a Hugging Face folder (``hf``): the targets of ``export.targets``."""
     from macft.export import verify as verify_mod
     from macft.export.quant_plan import QUANTS
     from macft.models.load import is_run_dir, load_for_inference
 
-    if not gguf and not adapter_gguf:
-        raise MacftError("export: give --gguf OUT.gguf and/or --gguf-adapter OUT.gguf")
+    from macft.export.targets import TARGETS, fuse_to_folder
+
+    if not gguf and not adapter_gguf and not hf:
+        raise MacftError("export: give " + " and/or ".join(
+            f"{t.flag} {t.metavar}" for t in TARGETS.values()))
     if quant not in QUANTS:
         raise MacftError(f"unknown --quant '{quant}' (choose from {', '.join(QUANTS)})")
+    if hf and not is_run_dir(target):
+        raise MacftError(f"{target}: --hf needs a run folder (with recipe.yaml)")
     if adapter_gguf and not is_run_dir(target):
         raise MacftError(f"{target}: --gguf-adapter needs a run folder (with recipe.yaml)")
     text = None
@@ -38,6 +44,11 @@ def export(target: str, gguf: str | None = None, quant: str = "f16",
                 text = Path(verify_text).read_text(encoding="utf-8")
             except OSError as exc:
                 raise MacftError(f"{verify_text}: cannot read ({exc.strerror})") from None
+    if hf:
+        n, folder = fuse_to_folder(target, hf)
+        say(f"fused {n} adapter layers into {folder}")
+        if not gguf and not adapter_gguf:
+            return 0
     loaded, _ = load_for_inference(target)
     name = _name(target, loaded)
     base_gguf = loaded.source if loaded.kind == "gguf" else None

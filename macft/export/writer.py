@@ -3,14 +3,13 @@
 The tensor table is planned first (names, shapes, types, byte sizes), so the header can be
 written before any data; each tensor is then converted and written on its own, and no second
 full copy of the model ever exists. Names come from the importer's map
-(``models.gguf.gguf_name``), llama's Q/K rows get llama.cpp's permutation
-(``models.gguf.permute_rows``), 4-bit MLX weights become Q4_1 blocks without rounding again
+(``gguf.reader.gguf_name``), llama's Q/K rows get llama.cpp's permutation
+(``gguf.reader.permute_rows``), 4-bit MLX weights become Q4_1 blocks without rounding again
 when the values allow (``quants.affine_exact``).
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,10 +21,12 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
+from macft import runs
 from macft.errors import MacftError
-from macft.export import metadata, quants, vocab
+from macft.export import quants
 from macft.export.quant_plan import QUANTS, Quant, tensor_type
-from macft.models.gguf import gguf_name, llama3_rope_factors, permute_rows
+from macft.gguf import metadata, vocab
+from macft.gguf.reader import gguf_name, llama3_rope_factors, permute_rows
 
 T = gguf.GGMLQuantizationType
 FLOAT_TYPES = frozenset({T.F32, T.F16, T.BF16})
@@ -153,33 +154,31 @@ def write_gguf(model: nn.Module, config: dict, tokenizer, out: str | Path, quant
     n_vocab = embd.shape[0]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    w = gguf.GGUFWriter(str(tmp), arch)
-    try:
-        quantized = any(p.qtype not in FLOAT_TYPES for p in planned)
-        metadata.add_model_metadata(w, dict(config, vocab_size=n_vocab), name, spec.file_type,
-                                    quantized)
-        if tokenizer_gguf is not None:
-            vocab.copy_gguf_tokenizer(w, Path(tokenizer_gguf), n_vocab)
-        else:
-            vocab.add_hf_tokenizer(w, tokenizer, n_vocab)
-        for p in planned:
-            w.add_tensor_info(p.name, p.shape, np.dtype(np.float32),
-                              quants.nbytes(p.shape, p.qtype), raw_dtype=p.qtype)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        rounded: set[T] = set()
-        for i, p in enumerate(planned):
-            if progress:
-                progress(i, len(planned), p.name)
-            data, exact = p.make()
-            if not exact:
-                rounded.add(p.qtype)
-            w.write_tensor_data(np.ascontiguousarray(data))
-        w.close()
-        os.replace(tmp, out)
-    finally:
-        w.close()
-        tmp.unlink(missing_ok=True)
+    with runs.atomic_path(out) as tmp:
+        w = gguf.GGUFWriter(str(tmp), arch)
+        try:
+            quantized = any(p.qtype not in FLOAT_TYPES for p in planned)
+            metadata.add_model_metadata(w, dict(config, vocab_size=n_vocab), name, spec.file_type,
+                                        quantized)
+            if tokenizer_gguf is not None:
+                vocab.copy_gguf_tokenizer(w, Path(tokenizer_gguf), n_vocab)
+            else:
+                vocab.add_hf_tokenizer(w, tokenizer, n_vocab)
+            for p in planned:
+                w.add_tensor_info(p.name, p.shape, np.dtype(np.float32),
+                                  quants.nbytes(p.shape, p.qtype), raw_dtype=p.qtype)
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_ti_data_to_file()
+            rounded: set[T] = set()
+            for i, p in enumerate(planned):
+                if progress:
+                    progress(i, len(planned), p.name)
+                data, exact = p.make()
+                if not exact:
+                    rounded.add(p.qtype)
+                w.write_tensor_data(np.ascontiguousarray(data))
+            w.close()
+        finally:
+            w.close()
     return Written(out, spec, {p.name: p.qtype for p in planned}, rounded, out.stat().st_size)

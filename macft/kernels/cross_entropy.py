@@ -313,13 +313,23 @@ def plain(h, head, targets):
         logits, targets[:, None], axis=-1).squeeze(-1)
 
 
+# (module, dtype) -> the float copy of a quantized weight that the model layer keeps, or None.
+# The models layer registers it (``models.quantized``): kernels never import models.
+_float_copy = None
+
+
+def use_float_copies(source) -> None:
+    """Register where ``head_weight`` finds float copies of quantized heads."""
+    global _float_copy
+    _float_copy = source
+
+
 def head_weight(head, dtype) -> tuple[mx.array, bool] | None:
     """(weight (V, D) in ``dtype``, trained?) of a head module or a bound ``as_linear``; None
     when the head has a bias or another form (the dispatcher then uses ``plain``)."""
     from mlx.utils import tree_flatten
 
     from macft.kernels.qmatmul import dequantized
-    from macft.models.quantized import _cached_float
 
     module = getattr(head, "__self__", head)
     if not isinstance(module, nn.Module) or "bias" in module or "weight" not in module:
@@ -327,7 +337,8 @@ def head_weight(head, dtype) -> tuple[mx.array, bool] | None:
     if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
         if getattr(module, "mode", "affine") != "affine":
             return None
-        w = _cached_float(module, dtype)       # the copy generation already keeps, if any
+        # the copy generation already keeps, if any
+        w = _float_copy(module, dtype) if _float_copy is not None else None
         if w is None:
             w = dequantized(module["weight"], module["scales"], module.get("biases"),
                             module.group_size, module.bits, dtype)

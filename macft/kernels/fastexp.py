@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
 
 import mlx.core as mx
 import numpy as np
+
+from macft import env
 
 LOG2E = 1.4426950408889634
 # Adding and subtracting 1.5 * 2^23 rounds a float32 of magnitude below 2^22 to an integer.
@@ -96,7 +97,7 @@ def available() -> bool:
     """True when the compiled path builds and is exact to 1e-6 (checked once; MLX's own ``exp``
     is off by up to 1.6e-6 here)."""
     if "ok" not in _STATE:
-        ok = os.environ.get("MACFT_FAST_EXP", "1") != "0"
+        ok = env.get("MACFT_FAST_EXP") != "0"
         if ok:
             try:
                 with mx.stream(mx.cpu):

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from macft import runs
 from macft.errors import MacftError
 from macft.models import quantized
 from macft.recipe import Recipe
@@ -115,25 +115,18 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def save_adapters(model: nn.Module, folder: Path, config: dict) -> Path:
     """Write ``adapters.safetensors`` and ``adapter_config.json`` into ``folder``, atomically."""
     folder.mkdir(parents=True, exist_ok=True)
     weights = dict(tree_flatten(model.trainable_parameters()))
-    tmp = folder / f".adapters.tmp{os.getpid()}.safetensors"
-    mx.save_safetensors(str(tmp), weights)
-    os.replace(tmp, folder / "adapters.safetensors")
-    _atomic_write(folder / "adapter_config.json", json.dumps(config, indent=2).encode())
-    return folder / "adapters.safetensors"
+    with runs.atomic_path(folder / runs.ADAPTERS) as tmp:
+        mx.save_safetensors(str(tmp), weights)
+    runs.atomic_write(folder / runs.ADAPTER_CONFIG, json.dumps(config, indent=2))
+    return folder / runs.ADAPTERS
 
 
 def load_adapter_weights(model: nn.Module, folder: Path) -> None:
-    path = folder / "adapters.safetensors"
+    path = folder / runs.ADAPTERS
     if not path.exists():
         raise MacftError(f"{path}: adapter weights not found")
     model.load_weights(str(path), strict=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
-from macft import runtime
+from macft import runs, runtime
 from macft.errors import MacftError
 from macft.models import chat_templates, patch
 from macft.models.quantized import use_fast_quantized
@@ -161,7 +161,7 @@ def load_base(path: str, revision: str | None = None, dtype: str = "auto",
               chat_template: str | None = None) -> Loaded:
     kind, source = resolve(path, revision)
     if kind == "gguf":
-        from macft.models.gguf import load_gguf
+        from macft.gguf.reader import load_gguf
 
         model, tokenizer, config = load_gguf(source)
     else:
@@ -184,24 +184,8 @@ def read_json(path: Path) -> dict:
         raise MacftError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
 
 
-def is_run_dir(path: str | Path) -> bool:
-    p = Path(path)
-    return p.is_dir() and (p / "recipe.yaml").exists()
-
-
-def adapter_dir(run_dir: Path) -> Path:
-    """The adapter a finished run is used with: its best checkpoint if it had validation."""
-    best = run_dir / "best"
-    if (best / "adapters.safetensors").exists():
-        return best
-    if (run_dir / "adapters.safetensors").exists():
-        return run_dir
-    from macft.train import checkpoint
-
-    latest = checkpoint.latest(run_dir)
-    if latest is None:
-        raise MacftError(f"{run_dir}: run has no adapter or checkpoint yet")
-    return latest
+is_run_dir = runs.is_run_dir          # kept here for the callers that load models
+adapter_dir = runs.adapter_dir
 
 
 def load_for_inference(target: str, adapter: str | None = None):
@@ -210,11 +194,11 @@ def load_for_inference(target: str, adapter: str | None = None):
     from macft.models import adapters as adapters_mod
 
     if not is_run_dir(target):
-        if Path(target).is_dir() and (Path(target) / "adapters.safetensors").exists():
+        if Path(target).is_dir() and runs.has_adapter(target):
             raise MacftError(f"{target}: adapter folder without recipe.yaml; pass the run folder")
         return load_base(target), None
     run_dir = Path(target)
-    recipe = recipe_mod.load(run_dir / "recipe.yaml", [f"output={run_dir}"])
+    recipe = recipe_mod.load(runs.recipe_path(run_dir), [f"output={run_dir}"])
     if recipe.stages:  # a staged run is used with its last stage's adapter
         recipe = recipe_mod.stage_recipes(recipe)[-1]
         run_dir = recipe.run_dir

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.tuner.lora import LoRALinear
 
-from macft import kernels
-from macft.kernels import verify
+from macft import env, kernels
+from macft.kernels import cross_entropy, verify
 from macft.kernels.qmatmul import dequantized, qlora_linear, quantized_matmul
 
 # On the CPU, dequantizing a frozen weight on every call costs more than the matmul itself for
@@ -24,7 +23,7 @@ from macft.kernels.qmatmul import dequantized, qlora_linear, quantized_matmul
 # once and kept in float32 while the cached total stays under this budget; larger models fall
 # back to dequantizing per call. Cached copies live under "_" keys, which MLX leaves out of
 # parameters(), so they are never trained or saved.
-CACHE_BUDGET_BYTES = int(os.environ.get("MACFT_DEQUANT_CACHE_MB", "4096")) << 20
+CACHE_BUDGET_BYTES = int(env.get("MACFT_DEQUANT_CACHE_MB")) << 20
 _cached_bytes = 0
 
 
@@ -92,6 +91,9 @@ def drop_caches(model: nn.Module) -> int:
             del module["_dq"], module["_dq_src"]
     _cached_bytes = max(_cached_bytes - dropped, 0)
     return dropped
+
+
+cross_entropy.use_float_copies(_cached_float)   # the loss's head reuses these copies
 
 
 def _matmul(module, x):

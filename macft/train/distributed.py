@@ -35,11 +35,12 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_map_with_path
 
+from macft import env
 from macft.errors import MacftError
 
 # Seconds without a finished step (or evaluation) before a rank gives up on its peers.
-DEFAULT_TIMEOUT = 900.0
 TIMEOUT_ENV = "MACFT_DIST_TIMEOUT"
+DEFAULT_TIMEOUT = float(env.SWITCHES[TIMEOUT_ENV].default)
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ class Watchdog:
 
     def __init__(self, w: World, timeout: float | None = None, describe=lambda: "none yet"):
         self.world = w
-        self.timeout = timeout or float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT)
+        self.timeout = timeout or float(env.get(TIMEOUT_ENV))
         self.describe = describe
         self.last = time.monotonic()
         self._done = threading.Event()

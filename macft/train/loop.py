@@ -7,49 +7,33 @@ pass a ``StopSignal`` that the loop checks every step.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
-import mlx.nn as nn
 import mlx.optimizers as optim
-import numpy as np
 from mlx.utils import tree_map
 
-from macft import recipe as recipe_mod
+from macft import env, recipe as recipe_mod, runs
 from macft import runtime
 from macft.errors import MacftError
 from macft.kernels import verify
 from macft.events import (Checkpoint, Eval, Failed, Finished, MetricsFile, RunStarted, Sample,
                           Step, StopSignal)
-from macft.models import adapters, patch
+from macft.models import adapters
 from macft.models.load import Loaded, load_base
 from macft.recipe import Recipe
-from macft.train import checkpoint, distributed
+from macft.train import checkpoint, distributed, objectives
+from macft.train.objectives.base import DataBundle  # noqa: F401  (re-exported)
 from macft.train.scope import RunScope
-from macft.train.loss import mean_loss, sft_loss, trained_positions, weighted_sft_loss
-from macft.train.objectives import needs_reference, preference_loss, reference_logps
 
 # Recipe keys that may change when a run is resumed (e.g. to train longer).
 RESUMABLE_CHANGES = {"train.steps", "train.epochs", "train.patience", "train.eval_every",
                      "train.save_every", "train.sample_every", "output", "kernels"}
 
-
-# train.compile "auto": the least number of micro-batches per distinct batch shape.
-COMPILE_REUSE = 3
-
-
-@dataclass
-class DataBundle:
-    train: object                    # data.Batcher
-    valid: object | None
-    stats: dict
-    sample_prompts: list[list[int]]
 
 
 def build_schedule(t, total_steps: int):
@@ -69,71 +53,6 @@ def build_schedule(t, total_steps: int):
     return main
 
 
-def load_pairs(recipe: Recipe, tokenizer) -> DataBundle:
-    from macft.data import load_rows
-    from macft.data.preference import PairBatcher, encode_pairs
-
-    spec = recipe.data
-    pad = pad_id(tokenizer)
-    train_set = encode_pairs(load_rows(spec.train), tokenizer, spec, spec.train)
-    train = PairBatcher(train_set.pairs, recipe.train.batch_size, recipe.train.seed, pad_id=pad)
-    stats = {"train": train_set.stats.summary().replace("examples", "pairs")}
-    valid = None
-    if spec.valid:
-        valid_set = encode_pairs(load_rows(spec.valid), tokenizer, spec, spec.valid)
-        if valid_set.pairs:
-            valid = PairBatcher(valid_set.pairs, recipe.train.batch_size, recipe.train.seed,
-                                shuffle=False, pad_id=pad)
-        stats["valid"] = valid_set.stats.summary().replace("examples", "pairs")
-    return DataBundle(train, valid, stats, [])
-
-
-def load_sequences(recipe: Recipe, tokenizer) -> DataBundle:
-    from macft.data import Batcher, encode_rows, load_rows, make_sequences
-
-    spec = recipe.data
-    train_set = encode_rows(load_rows(spec.train), tokenizer, spec, spec.train)
-    if not train_set.examples:
-        raise MacftError(f"{spec.train}: no usable examples after tokenization "
-                         f"({train_set.stats.summary()})")
-    pad = pad_id(tokenizer)
-    train = Batcher(make_sequences(train_set.examples, spec.max_length, spec.packing),
-                    recipe.train.batch_size, recipe.train.seed, pad_id=pad)
-    valid = None
-    stats = {"train": train_set.stats.summary()}
-    if spec.valid:
-        valid_set = encode_rows(load_rows(spec.valid), tokenizer, spec, spec.valid)
-        if valid_set.examples:
-            valid = Batcher(make_sequences(valid_set.examples, spec.max_length, False),
-                            recipe.train.batch_size, recipe.train.seed, shuffle=False,
-                            pad_id=pad)
-        stats["valid"] = valid_set.stats.summary()
-    return DataBundle(train, valid, stats, [])
-
-
-def load_data(recipe: Recipe, tokenizer) -> DataBundle:
-    """Batches for the recipe's objective, plus its sample prompts rendered for the model."""
-    from macft.generation import chat_prompt
-
-    spec = recipe.data
-    if not spec.train:
-        raise MacftError("recipe: key 'data.train' is required")
-    loader = load_sequences if recipe.objective == "sft" else load_pairs
-    bundle = loader(recipe, tokenizer)
-    bundle.sample_prompts = [chat_prompt(tokenizer, p, spec.system_prompt)
-                             for p in recipe.train.sample_prompts]
-    return bundle
-
-
-def pad_id(tokenizer) -> int:
-    tok = getattr(tokenizer, "_tokenizer", tokenizer)
-    for attr in ("pad_token_id", "eos_token_id"):
-        value = getattr(tok, attr, None)
-        if value is not None:
-            return int(value)
-    return 0
-
-
 def total_steps(recipe: Recipe, batches_per_epoch: int) -> int:
     t = recipe.train
     if t.steps > 0:
@@ -142,7 +61,7 @@ def total_steps(recipe: Recipe, batches_per_epoch: int) -> int:
 
 
 def _check_resume_recipe(run_dir: Path, recipe: Recipe) -> None:
-    saved_path = run_dir / "recipe.yaml"
+    saved_path = runs.recipe_path(run_dir)
     if not saved_path.exists():
         return
     saved = recipe_mod.load(saved_path)
@@ -192,8 +111,8 @@ class Trainer:
         if ckpt is not None:
             _check_resume_recipe(self.run_dir, r)
         if main:
-            recipe_mod.dump(r, self.run_dir / "recipe.yaml")
-            self.sinks.append(MetricsFile(self.run_dir / "metrics.jsonl"))
+            recipe_mod.dump(r, runs.recipe_path(self.run_dir))
+            self.sinks.append(MetricsFile(runs.metrics_path(self.run_dir)))
         self.backend = runtime.backend(r.model.dtype)
         self.scope = RunScope(r.kernels)    # undone by close(), which run() always calls
         self.kernel_checks = verify.for_run(r.kernels)     # device kernels: checked, cached
@@ -203,7 +122,8 @@ class Trainer:
         self.model = self.loaded.model
         self.scope.own_caches(self.model)
         self.tokenizer = self.loaded.tokenizer
-        self.data = load_data(r, self.tokenizer)
+        self.objective = objectives.create(r, self.world)
+        self.data = self.objective.load_data(self.tokenizer)
         if self.world.active and self.data.train.batch_size < self.world.size:
             raise MacftError(f"train.batch_size ({self.data.train.batch_size}) is smaller than "
                              f"the number of ranks ({self.world.size}): each rank takes a share "
@@ -212,19 +132,14 @@ class Trainer:
         self.adapter_cfg["model"] = str(self.loaded.source)
         if r.init_adapter and ckpt is None and main:
             adapters.load_adapter_weights(self.model, Path(r.init_adapter))
-        self.reference = self._reference() if needs_reference(r.objective) else None
+        self.total = total_steps(r, self.data.train.batches_per_epoch)
+        self.objective.setup(self.model, self.run_dir, self.backend, self.total)
         if r.train.grad_checkpoint:
             self.scope.checkpoint(self.model.layers)
-        self.total = total_steps(r, self.data.train.batches_per_epoch)
         self.schedule = build_schedule(r.train, self.total)
         self.optimizer = optim.AdamW(learning_rate=self.schedule,
                                      weight_decay=r.train.weight_decay)
         self.optimizer.init(self.model.trainable_parameters())
-        if r.objective == "sft":
-            self.loss_and_grad = nn.value_and_grad(self.model, sft_loss)
-        else:
-            self.loss_and_grad = nn.value_and_grad(self.model, self._preference_loss)
-        self.compiled_step = self._compiled_step() if self.compiles() else None
         if ckpt is not None:
             state = checkpoint.restore(ckpt, self.model, self.optimizer)
             self.step = int(state["step"])
@@ -259,180 +174,21 @@ class Trainer:
     def _checkpoint_on_main(self) -> str:
         return f"step {self.step}, in rank 0's {self.run_dir}"
 
-    # ----- preference objectives ---------------------------------------------------------------
-    def _reference(self) -> dict:
-        """Reference log-probs of every pair, computed once (model as the stage starts) and
-        kept in the run folder so that a resumed run uses the same ones."""
-        path = self.run_dir / "reference_logps.safetensors"
-        splits = [(s, b) for s, b in (("train", self.data.train), ("valid", self.data.valid))
-                  if b is not None]
-        if self.world.agree(path.exists()):     # rank 0's folder decides
-            if self.world.main:
-                ref = {k: np.array(v) for k, v in mx.load(str(path)).items()}
-            else:                               # rank 0 sends its values; zeros add nothing
-                ref = {f"{s}_{side}": np.zeros(b.n, np.float32) for s, b in splits
-                       for side in ("chosen", "rejected")}
-            return self.world.sum_arrays(ref)
-        if self.world.active:       # the reference is rank 0's model as the stage starts
-            self.model.update(self.world.broadcast(self.model.trainable_parameters()))
-        ref = {}
-        for split, batcher in splits:   # each rank computes its batches, zeros elsewhere
-            ref[f"{split}_chosen"], ref[f"{split}_rejected"] = reference_logps(
-                self.model, distributed.EvalShare(batcher, self.world))
-        ref = self.world.sum_arrays(ref)
-        if self.world.main:
-            tmp = path.with_name(f".{path.stem}.tmp.safetensors")
-            mx.save_safetensors(str(tmp), {k: mx.array(v) for k, v in ref.items()})
-            os.replace(tmp, path)
-        return ref
-
-    def _ref_for(self, split: str, index: np.ndarray):
-        if self.reference is None:
-            return None
-        return (mx.array(self.reference[f"{split}_chosen"][index]),
-                mx.array(self.reference[f"{split}_rejected"][index]))
-
-    def _preference_loss(self, model, pair_batch, ref, weight):
-        return preference_loss(model, pair_batch.batch, ref, self.recipe.objective,
-                               self.recipe.preference, weight)
-
-    def preference_step(self, batches) -> tuple[float, dict, dict]:
-        total_pairs = sum(len(pb.index) for pb in batches)
-        grads, loss_sum, metrics = None, 0.0, {}
-        for pb in batches:
-            if self.world.active:
-                pb = shard_pairs(pb, self.world.share(len(pb.index)))
-                if len(pb.index) == 0:
-                    continue
-            weight = len(pb.index) / total_pairs
-            (loss, m), g = self.loss_and_grad(self.model, pb, self._ref_for("train", pb.index),
-                                              weight)
-            grads = g if grads is None else tree_map(mx.add, grads, g)
-            mx.eval(loss, grads, m)
-            loss_sum += loss.item()
-            for k, v in m.items():
-                metrics[k] = metrics.get(k, 0.0) + v.item() * weight
-        if self.world.active:       # every rank holds pairs (batch_size >= ranks): same keys
-            loss_sum, *values = self.world.totals([loss_sum, *metrics.values()])
-            metrics = dict(zip(metrics, values))
-        return loss_sum, metrics, grads
-
-    def preference_validation(self) -> tuple[float, dict] | None:
-        valid = self.data.valid
-        if valid is None:
-            return None
-        self.model.eval()
-        totals: dict = {}
-        n = 0
-        try:
-            share = distributed.EvalShare(valid, self.world, self.recipe.train.eval_batches)
-            for pb in share.iter_eval():
-                loss, m = self._valid_pair_loss(pb)
-                for k, v in {"loss": loss, **m}.items():
-                    totals[k] = totals.get(k, 0.0) + v.item() * len(pb.index)
-                n += len(pb.index)
-            if not totals:          # no batch for this rank: the names only (nothing evaluated)
-                loss, m = self._valid_pair_loss(next(valid.iter_eval()))
-                totals = dict.fromkeys(["loss", *m], 0.0)
-        finally:
-            self.model.train()
-        *sums, n = self.world.totals([*totals.values(), n])
-        means = {k: v / n for k, v in zip(totals, sums)}
-        return means.pop("loss"), means
-
-    def _valid_pair_loss(self, pb):
-        return preference_loss(self.model, pb.batch, self._ref_for("valid", pb.index),
-                               self.recipe.objective, self.recipe.preference)
-
-    # ----- the compiled SFT step ---------------------------------------------------------------
-    def compiles(self) -> bool:
-        """Whether the SFT step runs as one compiled graph (``train.compile``).
-
-        Inside a gradient transform MLX traces through ``mx.compile``d functions instead of
-        fusing them, so the fast exp of ``kernels.fastexp`` is only fast when the whole step is
-        compiled. "auto" compiles where that exp applies (the CPU, float32, kernels not stock)
-        and where the graphs are reused: each batch shape is traced once (~0.4 of a step for
-        SmolLM2 here, against ~15% saved on each step), so a run needs at least
-        ``COMPILE_REUSE`` micro-batches per distinct shape of its data.
-        """
-        from macft.kernels import fastexp
-
-        r = self.recipe
-        if r.objective != "sft" or r.train.compile == "off":
-            return False
-        if r.train.compile == "on":
-            return True
-        if not (self.backend.device == "cpu" and self.backend.dtype == "float32"
-                and r.kernels != "stock" and fastexp.available()):
-            return False
-        shapes = len(self.data.train.widths())
-        return self.total * r.train.grad_accum >= COMPILE_REUSE * shapes
-
-    def _compiled_step(self):
-        """(inputs, targets, weights, segments or None, denominator) -> (loss, grads), compiled
-        once per batch shape. The model's and the random generator's state are the graph's
-        inputs and outputs, so updates between steps and dropout are seen."""
-        from macft.kernels import fastexp
-        from macft.models import quantized
-
-        if self.backend.device == "cpu":        # float copies of quantized bases: made now
-            quantized.warm(self.model, getattr(mx, self.backend.dtype))
-        state = [self.model.state, mx.random.state]
-        grad_fn = nn.value_and_grad(self.model, weighted_sft_loss)
-
-        def plain(inputs, targets, weights, denominator):
-            with fastexp.enabled(), quantized.frozen_caches():
-                return grad_fn(self.model, inputs, targets, weights, denominator)
-
-        def packed(inputs, targets, weights, segments, denominator):
-            with patch.segments(segments), fastexp.enabled(), quantized.frozen_caches():
-                return grad_fn(self.model, inputs, targets, weights, denominator)
-
-        plain_c = mx.compile(plain, inputs=state, outputs=state)
-        packed_c = mx.compile(packed, inputs=state, outputs=state)
-
-        def step(inputs, targets, weights, segments, denominator):
-            d = mx.array(denominator, dtype=mx.float32)
-            if segments is None:
-                return plain_c(inputs, targets, weights, d)
-            return packed_c(inputs, targets, weights, segments, d)
-        return step
-
     # ----- one optimizer step ---------------------------------------------------------------
     def micro_batches(self, step: int) -> list:
         ga = self.recipe.train.grad_accum
         return [self.data.train.batch(step * ga + k) for k in range(ga)]
 
-    def train_step(self, step: int) -> tuple[float, int]:
+    def train_step(self, step: int, batches: list | None = None) -> tuple[float, int]:
+        """One optimizer step on ``batches`` (default: the step's own micro-batches); returns
+        (loss, tokens). ``plan`` passes its own batches (the longest the data can make)."""
         mx.random.seed(self.recipe.train.seed * 1_000_003 + step)  # dropout: resumable
-        batches = self.micro_batches(step)
-        self.step_metrics = {}
-        if self.recipe.objective != "sft":
-            total_loss, self.step_metrics, grads = self.preference_step(batches)
-            self._apply(grads)
-            return total_loss, sum(pb.batch.tokens for pb in batches)
-        denom = float(sum(b.mask.sum() for b in batches)) or 1.0
-        total_loss = 0.0
-        grads = None
-        for b in batches:
-            if self.world.active:
-                b = shard_rows(b, self.world.share(b.inputs.shape[0]))
-            if not b.mask.any():
-                continue
-            seg = mx.array(b.segments) if b.segments is not None else None
-            if self.compiled_step is not None:
-                loss, g = self.compiled_step(mx.array(b.inputs), mx.array(b.targets),
-                                             mx.array(b.mask, dtype=mx.float32), seg, denom)
-            else:
-                with patch.segments(seg):
-                    loss, g = self.loss_and_grad(self.model, mx.array(b.inputs),
-                                                 mx.array(b.targets), trained_positions(b.mask),
-                                                 denom)
-            grads = g if grads is None else tree_map(mx.add, grads, g)
-            mx.eval(loss, grads)
-            total_loss += loss.item()
-        self._apply(grads)
-        return self.world.total(total_loss), sum(b.tokens for b in batches)
+        if batches is None:
+            batches = self.micro_batches(step)
+        result = self.objective.step(batches)
+        self.step_metrics = result.metrics
+        self._apply(result.grads)
+        return result.loss, result.tokens
 
     def _apply(self, grads) -> None:
         if self.world.active:
@@ -448,46 +204,22 @@ class Trainer:
         mx.eval(self.model.parameters(), self.optimizer.state)
 
     # ----- evaluation -------------------------------------------------------------------------
-    def validation_loss(self) -> float | None:
-        if self.data.valid is None:
-            return None
-        share = distributed.EvalShare(self.data.valid, self.world, self.recipe.train.eval_batches)
-        count = 0
-
-        def counted():
-            nonlocal count
-            for b in share.iter_eval():
-                count += int(b.mask.sum())
-                yield b
-
-        self.model.eval()
-        try:
-            mean = mean_loss(self.model, counted()) or 0.0
-        finally:
-            self.model.train()
-        total, count = self.world.totals([mean * count, count])
-        return total / count if count else None
-
     def evaluate(self) -> bool:
         """Validation loss, best-adapter bookkeeping; True when early stopping triggers."""
-        metrics = {}
-        if self.recipe.objective == "sft":
-            val = self.validation_loss()
-        else:
-            result = self.preference_validation()
-            val, metrics = result if result else (None, {})
-        if val is None:
+        result = self.objective.validate()
+        if result is None:
             return False
+        val, metrics = result
         improved = self.best_val is None or val < self.best_val
         if improved:
             self.best_val, self.best_step, self.bad_evals = val, self.step, 0
             if self.world.main:
-                adapters.save_adapters(self.model, self.run_dir / "best", self.adapter_cfg)
+                adapters.save_adapters(self.model, runs.best_dir(self.run_dir), self.adapter_cfg)
         else:
             self.bad_evals += 1
         self.emit(Eval(self.step, val, self.best_val, improved, metrics))
         if improved:
-            self.emit(Checkpoint(self.step, str(self.run_dir / "best"), best=True))
+            self.emit(Checkpoint(self.step, str(runs.best_dir(self.run_dir)), best=True))
         patience = self.recipe.train.patience
         return patience > 0 and self.bad_evals >= patience
 
@@ -551,7 +283,7 @@ class Trainer:
             data_stats=self.data.stats))
         for event in self.kernel_checks:
             self.emit(event)
-        kill_after = int(os.environ.get("MACFT_DEBUG_KILL_AFTER_STEP", "0") or 0)
+        kill_after = int(env.get("MACFT_DEBUG_KILL_AFTER_STEP"))
         start = time.monotonic()
         reason = "completed"
         tokens_window: list[tuple[float, int]] = []
@@ -619,58 +351,35 @@ class Trainer:
         final = adapters.save_adapters(self.model, self.run_dir, self.adapter_cfg)
         done = Finished(self.step, reason, self.best_val, str(final), elapsed)
         if reason != "stopped":
-            checkpoint._write_text(self.run_dir / "finished.json",
-                                   json.dumps({"step": self.step, "reason": reason}))
+            runs.write_finished(self.run_dir, {"step": self.step, "reason": reason})
         self.emit(done)
         return done
-
-
-def shard_rows(b, rows: np.ndarray):
-    """The rows ``rows`` of batch ``b`` (the same padded length, so the numbers match)."""
-    seg = b.segments[rows] if b.segments is not None else None
-    inputs = b.inputs[rows]
-    return dataclasses.replace(b, inputs=inputs, targets=b.targets[rows], mask=b.mask[rows],
-                               segments=seg, tokens=b.tokens)
-
-
-def shard_pairs(pb, pairs: np.ndarray):
-    """The pairs ``pairs`` of a preference batch (its rows: chosen block, then rejected)."""
-    n = len(pb.index)
-    rows = np.concatenate([pairs, pairs + n])
-    return dataclasses.replace(pb, batch=shard_rows(pb.batch, rows), index=pb.index[pairs])
-
-
-def is_finished(run_dir: Path) -> bool:
-    return (Path(run_dir) / "finished.json").exists()
 
 
 def run_stages(recipe: Recipe, sinks: list, stop: StopSignal | None = None) -> Finished:
     """Run a staged recipe (e.g. sft then dpo): each stage in its own sub-folder, starting
     from the previous stage's adapter; finished stages are skipped, so a killed run resumes
     inside the stage where it stopped."""
-    from macft.models.load import adapter_dir
-
     run_dir = recipe.run_dir
     main = distributed.world().main     # rank 0's folder says which stages are done
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if any(run_dir.glob("stage-*")):
+        if runs.has_stages(run_dir):
             _check_resume_recipe(run_dir, recipe)
-        recipe_mod.dump(recipe, run_dir / "recipe.yaml")
+        recipe_mod.dump(recipe, runs.recipe_path(run_dir))
     previous = recipe.init_adapter
     done = None
     for stage in recipe_mod.stage_recipes(recipe):
         if previous:
             stage = dataclasses.replace(stage, init_adapter=str(previous))
-        if not distributed.world().agree(is_finished(stage.run_dir)):
+        if not distributed.world().agree(runs.is_finished(stage.run_dir)):
             done = Trainer(stage, sinks, stop).run()
             if done.reason == "stopped":
                 return done
         # Other ranks take the adapter from rank 0 (Trainer._sync_from_main), not from a path.
-        previous = adapter_dir(stage.run_dir) if main else stage.run_dir
+        previous = runs.adapter_dir(stage.run_dir) if main else stage.run_dir
     if main:
-        checkpoint._write_text(run_dir / "finished.json",
-                               json.dumps({"stages": len(recipe.stages)}))
+        runs.write_finished(run_dir, {"stages": len(recipe.stages)})
     if done is None:
         done = Finished(0, "completed", None, str(previous), 0.0)
     return done

@@ -15,11 +15,11 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from macft import recipe as recipe_mod, shipped
+from macft import recipe as recipe_mod, runs, shipped
 from macft.errors import MacftError
 from macft.events import Failed, Finished, StopSignal
+from macft.runs import RunState, display_path, recipe_files, scan_runs
 from macft.tui.bridge import RunEvents, UiSink
-from macft.tui.runs import RunState, display_path, recipe_files, scan_runs
 
 SHIPPED_RECIPES = shipped.RECIPES     # package data: there after a non-editable install too
 
@@ -79,7 +79,7 @@ class MacftApp(App):
 
     def open_target(self, target: str) -> None:
         path = Path(target)
-        if (path / "recipe.yaml").is_file():
+        if runs.recipe_path(path).is_file():
             self.open_run(path)
         elif path.is_file():
             self.open_recipe(path)

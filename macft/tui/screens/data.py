@@ -16,7 +16,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from macft import recipe as recipe_mod
-from macft.tui.data_report import (STATUS_OK, DataReport, data_path, histogram, inspect_data,
+from macft.data_report import (STATUS_OK, DataReport, data_path, histogram, inspect_data,
                                    load_tokenizer, summary_lines, token_pieces)
 
 TRAINED = "bold #d7ffaf on #2f4f2f"

@@ -11,11 +11,8 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 
+from macft.export.targets import quant_names
 from macft.tui.bridge import StatusLine
-
-# The export types, most useful first (the engine's QUANTS table is the home of all of them).
-GGUF_TYPES = ("q8_0", "q4_k_m", "q6_k", "f16", "bf16", "f32", "q4_0", "q4_1", "q5_0", "q5_1",
-              "q4_k")
 
 
 class ExportScreen(Screen):
@@ -45,7 +42,7 @@ class ExportScreen(Screen):
             yield Label("GGUF   ", classes="bar-label")
             yield Input(str(self.run_dir / f"{self.run_dir.name}.gguf"), id="gguf-out",
                         compact=True)
-            yield Select([(q, q) for q in GGUF_TYPES], value="q8_0", allow_blank=False,
+            yield Select([(q, q) for q in quant_names()], value="q8_0", allow_blank=False,
                          id="gguf-quant", compact=True)
             yield Button("Write GGUF", id="gguf", variant="primary", compact=True)
         yield Static("", id="export-status")
@@ -84,13 +81,10 @@ class ExportScreen(Screen):
 
     @work(thread=True, exclusive=True, group="export")
     def fuse(self, out: str) -> None:
-        from macft.models.fuse import fuse_in_place, save_folder
-        from macft.models.load import load_for_inference
+        from macft.export.targets import fuse_to_folder
 
         try:
-            loaded, _ = load_for_inference(str(self.run_dir))
-            n = fuse_in_place(loaded.model)
-            folder = save_folder(loaded.model, loaded.tokenizer, loaded.config, Path(out))
+            n, folder = fuse_to_folder(self.run_dir, out)
         except Exception as exc:  # noqa: BLE001 - shown on the screen
             self._failed(exc)
             return

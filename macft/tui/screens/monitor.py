@@ -15,9 +15,9 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Label, ProgressBar, Sparkline, Static
 
-from macft import recipe as recipe_mod
+from macft import recipe as recipe_mod, runs
 from macft.errors import MacftError
-from macft.tui.runs import RunState
+from macft.runs import RunState
 from macft.tui.widgets.loss_chart import LossChart
 
 STATUS_STYLE = {"running": "bold green", "starting": "green", "paused": "bold yellow",
@@ -165,7 +165,7 @@ class MonitorScreen(Screen):
 
     def action_resume(self) -> None:
         try:
-            recipe = recipe_mod.load(self.run_dir / "recipe.yaml", [f"output={self.run_dir}"])
+            recipe = recipe_mod.load(runs.recipe_path(self.run_dir), [f"output={self.run_dir}"])
         except MacftError as exc:
             self.notify(str(exc), severity="error")
             return

@@ -13,7 +13,7 @@ from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, Sele
 
 from macft import recipe as recipe_mod
 from macft.errors import MacftError
-from macft.tui.form import FormField, form_fields, from_text, recipe_values, to_text, \
+from macft.recipe_form import FormField, form_fields, from_text, recipe_values, to_text, \
     values_to_recipe
 
 

@@ -9,10 +9,7 @@ from __future__ import annotations
 import gguf
 
 from macft.errors import MacftError
-
-# mlx-lm model_type -> llama.cpp architecture. Mistral (<= v0.3) is a llama in GGUF.
-ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
-                 "qwen3_moe": "qwen3moe", "gemma3_text": "gemma3"}
+from macft.gguf.architectures import ARCHITECTURES
 
 
 def gguf_architecture(config: dict) -> str:
@@ -20,7 +17,7 @@ def gguf_architecture(config: dict) -> str:
     if model_type not in ARCHITECTURES:
         raise MacftError(f"GGUF export does not support model type '{model_type}' "
                          f"(supported: {', '.join(ARCHITECTURES)})")
-    return ARCHITECTURES[model_type]
+    return ARCHITECTURES[model_type].gguf
 
 
 def head_dim(config: dict) -> int:
@@ -42,7 +39,7 @@ def add_model_metadata(w: gguf.GGUFWriter, config: dict, name: str, file_type: i
     dim = head_dim(config)
     gemma = config["model_type"] == "gemma3_text"
     if gemma:
-        from macft.models import gemma3
+        from macft.gguf import gemma3
 
         gemma3.check_exportable(config)
     w.add_name(name)

@@ -20,12 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from macft.errors import MacftError
+from macft.gguf.architectures import IMPORTED
 
 GROUP_SIZE = 32                     # the block size of Q4_0, Q4_1 and Q8_0
-ARCHITECTURES = ("llama", "qwen2", "qwen3", "qwen3moe", "gemma3")
-_HF_CLASS = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-             "qwen3moe": "Qwen3MoeForCausalLM"}
-_MODEL_TYPE = {"qwen3moe": "qwen3_moe"}          # llama.cpp arch -> mlx-lm model_type
 
 # ggml type ids (gguf.constants.GGMLQuantizationType) that MLX's loader turns into exact arrays.
 F32, F16, Q4_0, Q4_1, Q8_0 = 0, 1, 2, 3, 8
@@ -310,10 +307,10 @@ def _scalar(value):
 def hf_config(header: GGUFHeader) -> dict:
     """The Hugging Face style config.json dict that mlx-lm builds the model from."""
     md, name, arch = header.metadata, header.path.name, header.architecture
-    if arch not in ARCHITECTURES:
+    if arch not in IMPORTED:
         shown = arch or "(none)"
         raise MacftError(f"{name}: architecture '{shown}' is not supported "
-                         f"(macft imports {', '.join(ARCHITECTURES)})")
+                         f"(macft imports {', '.join(IMPORTED)})")
 
     def get(key, default=None, required=True):
         full = f"{arch}.{key}"
@@ -327,7 +324,7 @@ def hf_config(header: GGUFHeader) -> dict:
             raise MacftError(f"{name}: '{full}' differs between layers (not supported)") from None
 
     if arch == "gemma3":
-        from macft.models import gemma3
+        from macft.gguf import gemma3
 
         return gemma3.hf_config(header, get)
     hidden, heads = int(get("embedding_length")), int(get("attention.head_count"))
@@ -342,8 +339,8 @@ def hf_config(header: GGUFHeader) -> dict:
     if embd is None:
         raise MacftError(f"{name}: tensor 'token_embd.weight' is missing")
     cfg = {
-        "model_type": _MODEL_TYPE.get(arch, arch),
-        "architectures": [_HF_CLASS[arch]],
+        "model_type": IMPORTED[arch].model_type,
+        "architectures": [IMPORTED[arch].hf_class],
         "hidden_size": hidden,
         "num_hidden_layers": int(get("block_count")),
         "intermediate_size": int(get("feed_forward_length")),
@@ -422,7 +419,7 @@ def hf_name(gguf_name: str, arch: str = "") -> str | None:
     """``blk.3.attn_q.weight`` -> ``model.layers.3.self_attn.q_proj.weight`` (None if unknown)."""
     parts = gguf_name.split(".")
     if arch == "gemma3" and len(parts) == 4 and parts[0] == "blk":
-        from macft.models import gemma3
+        from macft.gguf import gemma3
 
         module = gemma3.hf_block_name(parts[2])
         if module:
@@ -444,7 +441,7 @@ def gguf_name(hf: str, arch: str = "") -> str | None:
         return None
     parts = module.split(".", 3)
     if arch == "gemma3" and len(parts) == 4 and parts[:2] == ["model", "layers"]:
-        from macft.models import gemma3
+        from macft.gguf import gemma3
 
         short = gemma3.gguf_block_name(parts[3])
         if short:
@@ -594,7 +591,7 @@ def load_gguf(path: str | Path):
     mlx-lm's ``"quantization"`` entry when some layers are quantized, so that a saved folder
     reloads with ``mlx_lm.utils.load_model``.
     """
-    from macft.models.gguf_tokenizer import read_gguf_tokenizer
+    from macft.gguf.tokenizer import read_gguf_tokenizer
 
     header = read_header(path)
     cfg = hf_config(header)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from macft.errors import MacftError
+from macft.gguf.architectures import ARCHITECTURES
 
 MODEL_TYPE = "gemma3_text"          # mlx-lm's text-only Gemma 3
 SLIDING_WINDOW_PATTERN = 6          # llama.cpp: hparams.set_swa_pattern(6) for gemma3
@@ -55,7 +56,7 @@ def hf_config(header, get) -> dict:
     md = header.metadata
     cfg = {
         "model_type": MODEL_TYPE,
-        "architectures": ["Gemma3ForCausalLM"],
+        "architectures": [ARCHITECTURES[MODEL_TYPE].hf_class],
         "hidden_size": hidden,
         "num_hidden_layers": n_layers,
         "intermediate_size": int(get("feed_forward_length")),

@@ -15,7 +15,7 @@ from pathlib import Path
 import gguf
 
 from macft.errors import MacftError
-from macft.models.gguf_tokenizer import (BYTE, CONTROL, LLAMA3_REGEX, NORMAL, QWEN2_REGEX,
+from macft.gguf.tokenizer import (BYTE, CONTROL, LLAMA3_REGEX, NORMAL, QWEN2_REGEX,
                                          UNKNOWN, UNUSED, USER_DEFINED)
 
 
@@ -117,7 +117,7 @@ def _is_byte_level(spec: dict) -> bool:
 def pre_tokenizer_name(pre: dict | None) -> str | None:
     """llama.cpp's ``tokenizer.ggml.pre`` for a byte-level pre-tokenizer spec, or None.
 
-    The names are the ones macft's importer maps back (``gguf_tokenizer.PRE_TOKENIZERS``):
+    The names are the ones macft's importer maps back (``gguf.tokenizer.PRE_TOKENIZERS``):
     GPT-2's regex alone is ``gpt-2``; single digits before it is ``smollm``; the Llama 3 and
     Qwen2 split regexes are ``llama-bpe`` and ``qwen2``.
     """

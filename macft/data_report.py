@@ -55,8 +55,8 @@ def load_tokenizer(spec: ModelSpec):
 
     kind, source = resolve(spec.path, spec.revision)
     if kind == "gguf":
-        from macft.models.gguf import read_header
-        from macft.models.gguf_tokenizer import read_gguf_tokenizer
+        from macft.gguf.reader import read_header
+        from macft.gguf.tokenizer import read_gguf_tokenizer
 
         return read_gguf_tokenizer(read_header(source).metadata, name=source.name)
     from mlx_lm.utils import load_tokenizer as mlx_load_tokenizer

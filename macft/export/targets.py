@@ -1,0 +1,47 @@
+"""Export targets, one table: what `macft export` and the TUI's export screen can write.
+
+The CLI's options and the TUI's choices come from ``TARGETS`` and the quant table
+(``quant_plan.QUANTS``). A new target (an Ollama Modelfile next to a GGUF, say) is one entry
+here and its writer in ``pipeline.export``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    flag: str               # the `macft export` option that names the output
+    metavar: str
+    help: str
+    quantized: bool         # written in a --quant type
+
+
+TARGETS = {t.name: t for t in (
+    Target("hf", "--hf", "OUT_DIR", "the model, adapters fused, as a Hugging Face folder "
+           "(mlx_lm.load opens it; the same as `macft fuse`)", quantized=False),
+    Target("gguf", "--gguf", "OUT.gguf", "the model, adapters fused", quantized=True),
+    Target("gguf-adapter", "--gguf-adapter", "OUT.gguf",
+           "the LoRA adapter alone, for llama.cpp --lora", quantized=False),
+)}
+
+DEFAULT_QUANT = "f16"
+
+
+def quant_names() -> list[str]:
+    from macft.export.quant_plan import QUANTS
+
+    return list(QUANTS)
+
+
+def fuse_to_folder(run: str | Path, out: str | Path) -> tuple[int, Path]:
+    """Merge a run's adapters into its base and save a Hugging Face folder: (layers, folder)."""
+    from macft.models.fuse import fuse_in_place, save_folder
+    from macft.models.load import load_for_inference
+
+    loaded, _ = load_for_inference(str(run))
+    n = fuse_in_place(loaded.model)
+    return n, save_folder(loaded.model, loaded.tokenizer, loaded.config, Path(out))

@@ -1,0 +1,320 @@
+"""The run folder: the one module that knows its layout, and the atomic writes into it.
+
+A run folder holds ``recipe.yaml`` (the recipe as trained), ``metrics.jsonl`` (one event per
+line), ``adapters.safetensors`` + ``adapter_config.json`` (the final adapter), ``best/`` (the
+adapter of the best validation loss), ``checkpoints/step-NNNNNNN/`` with a ``latest`` pointer,
+``reference_logps.safetensors`` (DPO/IPO), ``finished.json`` once it is done, and for a staged
+recipe one ``stage-N-<name>/`` sub-folder per stage, each a run folder itself. Everything else
+asks this module for those paths. It also rebuilds a run's history from its events (the TUI's
+monitor and run list). Nothing here imports Textual or MLX.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from macft import events as ev
+from macft.errors import MacftError
+
+RECIPE = "recipe.yaml"
+METRICS = "metrics.jsonl"
+FINISHED = "finished.json"
+BEST = "best"
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+ADAPTERS = "adapters.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+REFERENCE_LOGPS = "reference_logps.safetensors"
+STAGE_GLOB = "stage-*"
+
+
+# ----- atomic writes --------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path next to ``path`` (same suffix); when the block succeeds it
+    replaces ``path`` in one rename, so a kill leaves the old file or the new one, never half.
+    A folder works too (an existing one is removed first)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    _remove(tmp)
+    try:
+        yield tmp
+        if tmp.is_dir() and path.is_dir():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir():
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists():
+        p.unlink()
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (flushed to disk before the rename)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return Path(path)
+
+
+# ----- layout ---------------------------------------------------------------------------------
+def recipe_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / RECIPE
+
+
+def metrics_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / METRICS
+
+
+def best_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / BEST
+
+
+def checkpoints_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def reference_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / REFERENCE_LOGPS
+
+
+def is_run_dir(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and recipe_path(p).exists()
+
+
+def has_stages(run_dir: str | Path) -> bool:
+    return any(Path(run_dir).glob(STAGE_GLOB))
+
+
+def stage_dir(run_dir: str | Path, index: int, label: str) -> Path:
+    """The folder of stage ``index`` (0-based) of a staged run."""
+    return Path(run_dir) / f"stage-{index + 1}-{label}"
+
+
+def has_adapter(folder: str | Path) -> bool:
+    return (Path(folder) / ADAPTERS).exists()
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / FINISHED).exists()
+
+
+def write_finished(run_dir: str | Path, info: dict) -> Path:
+    return atomic_write(Path(run_dir) / FINISHED, json.dumps(info))
+
+
+def read_finished(run_dir: str | Path) -> dict | None:
+    path = Path(run_dir) / FINISHED
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MacftError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+
+
+# ----- checkpoints ----------------------------------------------------------------------------
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:07d}"
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoint folders that were written to the end, oldest first."""
+    root = checkpoints_dir(run_dir)
+    return sorted(p for p in root.glob("step-*") if (p / "state.json").exists())
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    root = checkpoints_dir(run_dir)
+    if not root.exists():
+        return None
+    pointer = root / LATEST
+    if pointer.exists():
+        candidate = root / pointer.read_text().strip()
+        if (candidate / "state.json").exists():
+            return candidate
+    done = complete_checkpoints(run_dir)
+    return done[-1] if done else None
+
+
+def adapter_dir(run_dir: str | Path) -> Path:
+    """The adapter a finished run is used with: its best checkpoint if it had validation."""
+    run_dir = Path(run_dir)
+    if has_adapter(best_dir(run_dir)):
+        return best_dir(run_dir)
+    if has_adapter(run_dir):
+        return run_dir
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        raise MacftError(f"{run_dir}: run has no adapter or checkpoint yet")
+    return latest
+
+
+# ----- history (the TUI's monitor and run list) -----------------------------------------------
+# A run whose metrics.jsonl has not changed for this long is no longer trained by anyone.
+STALE_AFTER = 600.0
+
+def read_history(run_dir: str | Path) -> list[ev.Event]:
+    rows = ev.read_metrics(metrics_path(run_dir))
+    return [e for e in map(ev.event_from_json, rows) if e is not None]
+
+
+@dataclass
+class RunState:
+    """Everything the monitor shows about one run, rebuilt from events in order."""
+
+    run_dir: str
+    status: str = "new"  # new running paused stopping stopped finished failed interrupted
+    total_steps: int = 0
+    step: int = 0
+    last: ev.Step | None = None
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    learning_rates: list[float] = field(default_factory=list)
+    evals: list[tuple[int, float]] = field(default_factory=list)
+    best_val: float | None = None
+    samples: list[ev.Sample] = field(default_factory=list)
+    checkpoints: list[ev.Checkpoint] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+    started: ev.RunStarted | None = None
+    error: str = ""
+    live: bool = False           # trained by this process right now
+
+    @classmethod
+    def from_folder(cls, run_dir: str | Path) -> "RunState":
+        state = cls(str(run_dir))
+        for event in read_history(run_dir):
+            state.apply(event)
+        metrics = metrics_path(run_dir)
+        if state.status == "running" and time.time() - metrics.stat().st_mtime > STALE_AFTER:
+            state.status = "interrupted"  # killed: no process has written to it for a while
+        return state
+
+    def apply(self, e: ev.Event) -> None:
+        handler = getattr(self, f"_on_{type(e).__name__}", None)
+        if handler is not None:
+            handler(e)
+
+    def _on_RunStarted(self, e: ev.RunStarted) -> None:
+        # A resumed run replays the steps after its last checkpoint: forget those.
+        self.started, self.total_steps, self.step = e, e.total_steps, e.start_step
+        self.losses = [p for p in self.losses if p[0] <= e.start_step]
+        self.learning_rates = self.learning_rates[:len(self.losses)]
+        self.evals = [p for p in self.evals if p[0] <= e.start_step]
+        self.status, self.error = "running", ""
+        verb = f"resumed at step {e.start_step}" if e.start_step else "started"
+        self._log(f"{verb}: {e.method} on {e.model} ({e.device}, {e.dtype}), "
+                  f"{e.trainable_params:,} trainable of {e.total_params:,} parameters")
+
+    def _on_KernelCheck(self, e: ev.KernelCheck) -> None:
+        self._log(e.line())
+
+    def _on_Step(self, e: ev.Step) -> None:
+        self.last, self.step, self.total_steps = e, e.step, e.total_steps
+        self.losses.append((e.step, e.loss))
+        self.learning_rates.append(e.learning_rate)
+
+    def _on_Eval(self, e: ev.Eval) -> None:
+        self.evals.append((e.step, e.val_loss))
+        self.best_val = e.best_val_loss
+        self._log(f"step {e.step}: val loss {e.val_loss:.4f}" + (" (best)" if e.improved else ""))
+
+    def _on_Sample(self, e: ev.Sample) -> None:
+        self.samples = (self.samples + [e])[-6:]
+
+    def _on_Checkpoint(self, e: ev.Checkpoint) -> None:
+        self.checkpoints.append(e)
+        what = "saved the best adapter" if e.best else f"checkpoint {Path(e.path).name}"
+        self._log(f"step {e.step}: {what}")
+
+    def _on_Finished(self, e: ev.Finished) -> None:
+        self.step = e.step
+        self.status = "stopped" if e.reason == "stopped" else "finished"
+        if e.best_val_loss is not None:
+            self.best_val = e.best_val_loss
+        self._log(f"{e.reason} at step {e.step}")
+
+    def _on_Failed(self, e: ev.Failed) -> None:
+        self.status, self.error = "failed", e.error
+        self._log(f"failed at step {e.step}: {e.error}")
+
+    def _log(self, line: str) -> None:
+        self.log = (self.log + [line])[-50:]
+
+    @property
+    def resumable(self) -> bool:
+        """Stopped, failed or killed: training the recipe again carries on from its checkpoint."""
+        return not self.live and self.status in ("stopped", "failed", "interrupted")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One line of the home screen's run list."""
+
+    path: Path
+    status: str
+    method: str
+    model: str
+    step: int
+    total_steps: int
+    best_val: float | None
+
+
+def run_info(run_dir: Path) -> RunInfo:
+    from macft import recipe as recipe_mod
+
+    state = RunState.from_folder(run_dir)
+    try:
+        recipe = recipe_mod.load(recipe_path(run_dir))
+        method, model = recipe.method, recipe.model.path
+    except MacftError:
+        method, model = "?", "?"
+    return RunInfo(run_dir, state.status, method, model, state.step, state.total_steps,
+                   state.best_val)
+
+
+def scan_runs(runs_root: Path) -> list[RunInfo]:
+    """Run folders (with recipe.yaml) under ``runs_root``, most recently active first."""
+    if not runs_root.is_dir():
+        return []
+    folders = [p for p in runs_root.iterdir() if recipe_path(p).is_file()]
+
+    def activity(p: Path) -> float:
+        metrics = metrics_path(p)
+        return (metrics if metrics.exists() else recipe_path(p)).stat().st_mtime
+
+    return [run_info(p) for p in sorted(folders, key=lambda p: (-activity(p), p.name))]
+
+
+def recipe_files(folders: list[Path]) -> list[Path]:
+    """*.yaml recipes of the given folders, the first occurrence of a file name winning."""
+    seen, out = set(), []
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.yaml")):
+            if path.name not in seen:
+                seen.add(path.name)
+                out.append(path)
+    return out
+
+
+def display_path(path: str | Path, root: Path) -> str:
+    """``path`` relative to ``root`` when it lies inside it (shorter, and stable in tests)."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(p)

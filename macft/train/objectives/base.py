@@ -1,0 +1,79 @@
+"""What a training objective provides to the loop: its data, its step, its validation.
+
+The loop (``train/loop.py``) owns steps, accumulation over micro-batches, clipping, the
+schedule, evaluation and checkpoint cadence, the stop signal and the events. An objective owns
+what differs between SFT, DPO and the rest: which batches it trains on, how a step's loss,
+metrics and gradients are computed from them, and how validation is measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from macft.errors import MacftError
+from macft.recipe import Recipe
+
+
+@dataclass
+class DataBundle:
+    train: object                    # a batcher: batch(i), iter_eval(), longest(rows), ...
+    valid: object | None
+    stats: dict
+    sample_prompts: list[list[int]]
+
+
+@dataclass
+class StepResult:
+    loss: float                      # the step's loss, summed over ranks
+    tokens: int                      # input tokens of the step's micro-batches
+    grads: object | None             # this rank's gradient tree (None: nothing trained here)
+    metrics: dict                    # objective-specific numbers for the Step event
+
+
+class Objective:
+    """One training objective. Subclasses are registered in ``objectives.OBJECTIVES``.
+
+    Life cycle: ``load_data`` (after the model's tokenizer is known), ``setup`` once when the
+    model carries its adapters, then ``step`` every optimizer step and ``validate`` at each
+    evaluation. ``step_metrics`` and ``eval_metrics`` name what it adds to Step and Eval events.
+    """
+
+    name = ""
+    step_metrics: tuple[str, ...] = ()
+    eval_metrics: tuple[str, ...] = ()
+
+    def __init__(self, recipe: Recipe, world):
+        self.recipe = recipe
+        self.world = world
+        self.model = None
+        self.data: DataBundle | None = None
+
+    # ----- data ---------------------------------------------------------------------------
+    def load_data(self, tokenizer) -> DataBundle:
+        """Batches for this objective, plus the recipe's sample prompts rendered for the model."""
+        from macft.generation import chat_prompt
+
+        spec = self.recipe.data
+        if not spec.train:
+            raise MacftError("recipe: key 'data.train' is required")
+        self.data = self.load_batches(tokenizer)
+        self.data.sample_prompts = [chat_prompt(tokenizer, p, spec.system_prompt)
+                                    for p in self.recipe.train.sample_prompts]
+        return self.data
+
+    def load_batches(self, tokenizer) -> DataBundle:
+        raise NotImplementedError
+
+    # ----- training -----------------------------------------------------------------------
+    def setup(self, model, run_dir: Path, backend, total_steps: int) -> None:
+        """Once per run, after the adapters are in place and before the first step."""
+        self.model = model
+
+    def step(self, batches: list) -> StepResult:
+        """Loss, metrics and (accumulated, unreduced) gradients of one optimizer step."""
+        raise NotImplementedError
+
+    def validate(self) -> tuple[float, dict] | None:
+        """(validation loss, metrics) over the validation split; None without one."""
+        raise NotImplementedError
