@@ -23,8 +23,8 @@ from mlx_lm.utils import _get_classes
 from macft.cli import main
 from macft.errors import MacftError
 from macft.models import chat_templates
-from macft.models.gguf import gguf_name, load_gguf
-from macft.models.gguf_tokenizer import read_gguf_tokenizer
+from macft.gguf.reader import gguf_name, load_gguf
+from macft.gguf.tokenizer import read_gguf_tokenizer
 
 Q = gguf.GGMLQuantizationType
 GEMMA3 = {
