@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("dir", nargs="?", help="the folder to make (default: NAME)")
     opts = sub.add_parser("options", parents=[common], help="list every recipe option")
     opts.add_argument("--markdown", action="store_true", help="as a Markdown table")
+    from macft.dataprep.commands import add_parser as add_data_parser
+
+    add_data_parser(sub, common)
     tui = sub.add_parser("tui", parents=[common],
                          help="the terminal UI (also what `macft` alone opens)")
     tui.add_argument("target", nargs="?", help="a recipe file or run folder to open")
@@ -361,6 +364,12 @@ def cmd_init(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    from macft.dataprep.commands import run
+
+    return run(args, _console)
+
+
 def cmd_tui(args) -> int:
     from macft.tui import run_app  # lazily: the headless commands never load Textual
 
@@ -370,7 +379,7 @@ def cmd_tui(args) -> int:
 COMMANDS = {"run": cmd_run, "plan": cmd_plan, "eval": cmd_eval, "generate": cmd_generate,
             "fuse": cmd_fuse,
             "export": cmd_export, "chat": cmd_chat, "doctor": cmd_doctor, "init": cmd_init,
-            "options": cmd_options, "tui": cmd_tui}
+            "options": cmd_options, "tui": cmd_tui, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:
