@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=0, help="only the first N examples")
     ev.add_argument("--no-loss", action="store_true", help="skip the loss computation")
     ev.add_argument("--adapter", help="adapter folder to use instead of the run's best/final")
+    ev.add_argument("--schema", help="JSON Schema file: also report the schema-valid rate")
+    ev.add_argument("--general", action="store_true",
+                    help="forgetting check: perplexity and accuracy on macft's general set")
 
     gen = sub.add_parser("generate", parents=[common], help="answer one prompt")
     gen.add_argument("target", help="run folder or model")
@@ -221,8 +224,8 @@ def cmd_eval(args) -> int:
     from macft.models.load import load_for_inference
     from macft.recipe import DataSpec, EvalSpec
 
-    if not (args.data or args.pairs):
-        raise MacftError("eval needs --data FILE.jsonl or --pairs FILE.jsonl")
+    if not (args.data or args.pairs or args.general):
+        raise MacftError("eval needs --data FILE.jsonl, --pairs FILE.jsonl or --general")
     for path in (args.data, args.pairs):
         if path and not Path(path).exists():
             raise MacftError(f"{path}: file not found")
@@ -246,8 +249,20 @@ def cmd_eval(args) -> int:
     def progress(done, total):
         print(f"\rgenerating {done}/{total}", end="", file=sys.stderr, flush=True)
 
+    if args.general:
+        from macft.general import evaluate_general
+
+        general = evaluate_general(loaded.model, loaded.tokenizer, batch, progress)
+        print(file=sys.stderr)
+        _console(f"model: {args.target}  general set (forgetting check)")
+        for line in general.lines():
+            _console(line)
+        if not args.data:
+            return 0
+    from macft.metrics import read_schema
+
     report = evaluate(loaded.model, loaded.tokenizer, args.data, spec, max_tokens, batch,
-                      args.limit, not args.no_loss, progress)
+                      args.limit, not args.no_loss, progress, read_schema(args.schema))
     print(file=sys.stderr)
     _console(f"model: {args.target}  data: {args.data}")
     for line in report.lines():

