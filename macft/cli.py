@@ -98,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     from macft.dataprep.commands import add_parser as add_data_parser
 
     add_data_parser(sub, common)
+    from macft.report import add_parser as add_compare_parser
+
+    add_compare_parser(sub, common)
     tui = sub.add_parser("tui", parents=[common],
                          help="the terminal UI (also what `macft` alone opens)")
     tui.add_argument("target", nargs="?", help="a recipe file or run folder to open")
@@ -385,6 +388,12 @@ def cmd_data(args) -> int:
     return run(args, _console)
 
 
+def cmd_compare(args) -> int:
+    from macft.report import run_compare
+
+    return run_compare(args, _console)
+
+
 def cmd_tui(args) -> int:
     from macft.tui import run_app  # lazily: the headless commands never load Textual
 
@@ -394,7 +403,7 @@ def cmd_tui(args) -> int:
 COMMANDS = {"run": cmd_run, "plan": cmd_plan, "eval": cmd_eval, "generate": cmd_generate,
             "fuse": cmd_fuse,
             "export": cmd_export, "chat": cmd_chat, "doctor": cmd_doctor, "init": cmd_init,
-            "options": cmd_options, "tui": cmd_tui, "data": cmd_data}
+            "options": cmd_options, "tui": cmd_tui, "data": cmd_data, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:
