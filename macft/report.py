@@ -8,6 +8,7 @@ The HTML page is self-contained: its plots are inline SVG.
 from __future__ import annotations
 
 import html
+import json
 from dataclasses import dataclass, field
 
 # saturated colours: anti-aliased text is grey, so no text pixel is mistaken for a plot
@@ -213,6 +214,31 @@ def render_html(c: Comparison, limit: int = 20) -> str:
             f"</table>{''.join(sections)}</body></html>\n")
 
 
+def summary_lines(c: Comparison) -> list[str]:
+    """The numbers in a few text lines: what the CLI prints and the TUI's Compare screen shows."""
+    out = [f"{'metric':<24} {'base':>8} {'run':>8} {'change':>8}"]
+    out += [f"{k:<24} {b:>8.3f} {r:>8.3f} {r - b:>+8.3f}" for k, (b, r) in _pairs(c).items()]
+    delta = general_delta(c)
+    if delta:
+        (bp, rp), (ba, ra) = delta["perplexity"], delta["accuracy"]
+        out.append(f"{'general perplexity':<24} {bp:>8.3f} {rp:>8.3f} {rp / bp - 1:>+8.1%}")
+        out.append(f"{'general questions':<24} {ba:>8.1%} {ra:>8.1%} {(ra - ba) * 100:>+7.1f}pt")
+    ex = c.examples()
+    out.append(", ".join(f"{k} {len(v)}" for k, v in ex.items()))
+    return out
+
+
+def saved_lines(run_dir) -> list[str]:
+    """The summary of the last `macft compare` of a run (RUN/compare/report.json), if any."""
+    from pathlib import Path
+
+    p = Path(run_dir) / "compare" / "report.json"
+    try:
+        return list(json.loads(p.read_text())["lines"])
+    except (OSError, ValueError, KeyError):
+        return []
+
+
 # ----- gathering the numbers -------------------------------------------------------------------
 def losses(run_dir: str) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     from pathlib import Path
@@ -287,10 +313,11 @@ def run_compare(args, say) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(render_markdown(c))
     (out / "report.html").write_text(render_html(c))
-    for line in render_markdown(c).splitlines():
-        if line.startswith("|") and "---" not in line:
-            say(line)
-    counts = {k: len(v) for k, v in c.examples().items()}
-    say(", ".join(f"{k} {v}" for k, v in counts.items()))
+    numbers = {"data": c.data, "base": c.base.name, "run": c.run.name, "metrics": _pairs(c),
+               "general": general_delta(c), "lines": summary_lines(c),
+               "examples": {k: [n for n, *_ in v] for k, v in c.examples().items()}}
+    (out / "report.json").write_text(json.dumps(numbers, indent=1) + "\n")
+    for line in numbers["lines"]:
+        say(line)
     say(f"report: {out / 'report.md'} and {out / 'report.html'}")
     return 0

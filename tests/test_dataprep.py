@@ -248,3 +248,17 @@ def test_semantic_dedup_removes_a_paraphrase_that_shingles_miss(tmp_path):
     change = json.loads(tmp_path.joinpath("o.report.jsonl").read_text())
     assert change["line"] == 3 and change["reason"] == "semantic" and change["of_line"] == 1
     assert 0.8 <= change["score"] < 0.9
+
+
+def test_tui_data_inspector_prints_the_same_stats(tiny_model_dir):
+    from macft.dataprep.tokens import load_tokenizer
+    from macft.recipe import DataSpec, ModelSpec
+    from macft.tui.data_report import inspect_data, summary_lines
+
+    tok = load_tokenizer(ModelSpec(path=str(tiny_model_dir)))
+    spec = DataSpec(max_length=64)
+    path = str(MESSY / "test.jsonl")
+    shown = summary_lines(inspect_data(path, tok, spec), spec)
+    expected = compute(load_rows(path), tok, spec).lines()[1:]
+    assert shown[2:] == expected
+    assert any(line.startswith("tokens per row: ") for line in shown)

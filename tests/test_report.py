@@ -142,3 +142,18 @@ def test_html_report_shows_its_plots_in_headless_chromium(compared, tmp_path):
     bare.write_text(page[:start] + page[end + 6:])
     pixels = screenshot(bare, tmp_path / "bare.png")
     assert all(colour_pixels(pixels, c) == 0 for c in (TRAIN, VALID, BASE, RUN))
+
+
+def test_tui_compare_screen_shows_the_reports_numbers(compared, tmp_path):
+    out, recipe = compared
+    from macft.report import saved_lines
+
+    run_dir = Path(recipe.output)
+    (run_dir / "compare").mkdir(exist_ok=True)
+    shutil.copy(out / "report.json", run_dir / "compare" / "report.json")
+    lines = saved_lines(run_dir)
+    saved = json.loads((out / "report.json").read_text())
+    assert lines == saved["lines"] and lines[0].split() == ["metric", "base", "run", "change"]
+    b, r = saved["metrics"]["exact match"]
+    assert lines[1].split() == ["exact", "match", f"{b:.3f}", f"{r:.3f}", f"{r - b:+.3f}"]
+    assert saved_lines(tmp_path) == []

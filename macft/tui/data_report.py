@@ -129,10 +129,10 @@ def summary_lines(report: DataReport, spec: DataSpec) -> list[str]:
              f"({spec.overlong})",
              f"kept {s.kept} · tokens {s.tokens} · trained {s.trained_tokens} · "
              f"truncated {s.truncated} · dropped {s.dropped} · rejected {len(report.rejected)}"]
-    if report.rejected:
-        lines.append(f"training stops at the first rejected row: {report.rejected[0].message}")
     if report.prep is not None:
         lines += report.prep.lines()[1:]   # the first line repeats the row count
+    if report.rejected:
+        lines.append(f"training stops at the first rejected row: {report.rejected[0].message}")
     return lines
 
 
