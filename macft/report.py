@@ -292,8 +292,9 @@ def run_compare(args, say) -> int:
 
     if not is_run_dir(args.run):
         raise MacftError(f"{args.run}: not a run folder (no recipe.yaml)")
-    if not Path(args.data).exists():
-        raise MacftError(f"{args.data}: file not found")
+    from macft.data import load_rows
+
+    load_rows(args.data)   # a malformed row is reported (file:line) before any model loads
     schema = read_schema(args.schema)
     ev = EvalSpec()
     max_tokens, batch = args.max_tokens or ev.max_tokens, args.batch_size or ev.batch_size

@@ -157,3 +157,22 @@ def test_tui_compare_screen_shows_the_reports_numbers(compared, tmp_path):
     b, r = saved["metrics"]["exact match"]
     assert lines[1].split() == ["exact", "match", f"{b:.3f}", f"{r:.3f}", f"{r - b:+.3f}"]
     assert saved_lines(tmp_path) == []
+
+
+def test_compare_bad_input_is_one_line_exit_2(compared, tmp_path, capsys):
+    _, recipe = compared
+    bad = tmp_path / "test.jsonl"
+    bad.write_text('{"text": "a"}\n{"text": \n')
+    assert main(["compare", "base", recipe.output, "--data", str(bad)]) == 2
+    assert capsys.readouterr().err.strip() == \
+        f"macft: error: {bad}:2: invalid JSON (Expecting value)"
+    schema = tmp_path / "s.json"
+    schema.write_text('{"type": "object",\n "required": 3}')
+    good = tmp_path / "ok.jsonl"
+    good.write_text('{"text": "a"}\n')
+    assert main(["compare", "base", recipe.output, "--data", str(good), "--schema",
+                 str(schema)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"macft: error: {schema}: not a valid JSON Schema (") and "\n" not in err
+    assert main(["compare", "base", str(tmp_path), "--data", str(good)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
