@@ -24,8 +24,8 @@ from mlx.utils import tree_map
 from macft import recipe as recipe_mod
 from macft import runtime
 from macft.errors import MacftError
-from macft.kernels import verify
 from macft.general.guard import ForgettingGuard
+from macft.kernels import verify
 from macft.events import (Checkpoint, Eval, Failed, Finished, MetricsFile, RunStarted, Sample,
                           Step, StopSignal)
 from macft.models import adapters, patch
