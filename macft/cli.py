@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=0, help="only the first N examples")
     ev.add_argument("--no-loss", action="store_true", help="skip the loss computation")
     ev.add_argument("--adapter", help="adapter folder to use instead of the run's best/final")
+    ev.add_argument("--schema", help="JSON Schema file: also report the schema-valid rate")
+    ev.add_argument("--general", action="store_true",
+                    help="forgetting check: perplexity and accuracy on macft's general set")
 
     gen = sub.add_parser("generate", parents=[common], help="answer one prompt")
     gen.add_argument("target", help="run folder or model")
@@ -96,6 +99,12 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("dir", nargs="?", help="the folder to make (default: NAME)")
     opts = sub.add_parser("options", parents=[common], help="list every recipe option")
     opts.add_argument("--markdown", action="store_true", help="as a Markdown table")
+    from macft.dataprep.commands import add_parser as add_data_parser
+
+    add_data_parser(sub, common)
+    from macft.report import add_parser as add_compare_parser
+
+    add_compare_parser(sub, common)
     tui = sub.add_parser("tui", parents=[common],
                          help="the terminal UI (also what `macft` alone opens)")
     tui.add_argument("target", nargs="?", help="a recipe file or run folder to open")
@@ -240,8 +249,8 @@ def cmd_eval(args) -> int:
     from macft.models.load import load_for_inference
     from macft.recipe import DataSpec, EvalSpec
 
-    if not (args.data or args.pairs):
-        raise MacftError("eval needs --data FILE.jsonl or --pairs FILE.jsonl")
+    if not (args.data or args.pairs or args.general):
+        raise MacftError("eval needs --data FILE.jsonl, --pairs FILE.jsonl or --general")
     for path in (args.data, args.pairs):
         if path and not Path(path).exists():
             raise MacftError(f"{path}: file not found")
@@ -265,8 +274,20 @@ def cmd_eval(args) -> int:
     def progress(done, total):
         print(f"\rgenerating {done}/{total}", end="", file=sys.stderr, flush=True)
 
+    if args.general:
+        from macft.general import evaluate_general
+
+        general = evaluate_general(loaded.model, loaded.tokenizer, batch, progress)
+        print(file=sys.stderr)
+        _console(f"model: {args.target}  general set (forgetting check)")
+        for line in general.lines():
+            _console(line)
+        if not args.data:
+            return 0
+    from macft.metrics import read_schema
+
     report = evaluate(loaded.model, loaded.tokenizer, args.data, spec, max_tokens, batch,
-                      args.limit, not args.no_loss, progress)
+                      args.limit, not args.no_loss, progress, read_schema(args.schema))
     print(file=sys.stderr)
     _console(f"model: {args.target}  data: {args.data}")
     for line in report.lines():
@@ -384,6 +405,18 @@ def cmd_init(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    from macft.dataprep.commands import run
+
+    return run(args, _console)
+
+
+def cmd_compare(args) -> int:
+    from macft.report import run_compare
+
+    return run_compare(args, _console)
+
+
 def cmd_tui(args) -> int:
     from macft.tui import run_app  # lazily: the headless commands never load Textual
 
@@ -393,7 +426,7 @@ def cmd_tui(args) -> int:
 COMMANDS = {"run": cmd_run, "plan": cmd_plan, "eval": cmd_eval, "generate": cmd_generate,
             "fuse": cmd_fuse,
             "export": cmd_export, "chat": cmd_chat, "doctor": cmd_doctor, "init": cmd_init,
-            "options": cmd_options, "tui": cmd_tui}
+            "options": cmd_options, "tui": cmd_tui, "data": cmd_data, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

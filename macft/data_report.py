@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 
 from macft.data import EncodeStats, detect_format, encode_row, encode_rows, load_rows
 from macft.data.encode import unwrap
+from macft.dataprep.stats import DataStats, compute
+from macft.dataprep.tokens import load_tokenizer  # noqa: F401  (the screen imports it here)
 from macft.errors import MacftError
-from macft.recipe import DataSpec, ModelSpec
+from macft.recipe import DataSpec
 
 STATUS_OK, STATUS_CUT, STATUS_LONG, STATUS_NO_LOSS, STATUS_BAD = (
     "ok", "truncated", "dropped: too long", "dropped: no trained token", "rejected")
@@ -39,6 +41,7 @@ class DataReport:
     total_rows: int
     rows: list[RowReport] = field(default_factory=list)
     stats: EncodeStats = field(default_factory=EncodeStats)
+    prep: DataStats | None = None  # the numbers `macft data stats` prints, from the same code
 
     @property
     def rejected(self) -> list[RowReport]:
@@ -49,28 +52,13 @@ class DataReport:
         return [r for r in self.rows if r.status != STATUS_OK]
 
 
-def load_tokenizer(spec: ModelSpec):
-    """Only the tokenizer of a recipe's model (no weights are read)."""
-    from macft.models.load import read_json, resolve
-
-    kind, source = resolve(spec.path, spec.revision)
-    if kind == "gguf":
-        from macft.gguf.reader import read_header
-        from macft.gguf.tokenizer import read_gguf_tokenizer
-
-        return read_gguf_tokenizer(read_header(source).metadata, name=source.name)
-    from mlx_lm.utils import load_tokenizer as mlx_load_tokenizer
-
-    config = read_json(source / "config.json")
-    return mlx_load_tokenizer(source, eos_token_ids=config.get("eos_token_id"))
-
-
 def inspect_data(path: str, tokenizer, spec: DataSpec, limit: int = 1000) -> DataReport:
     rows = load_rows(path)
     fmt = spec.format if spec.format != "auto" else detect_format(rows, path)
     report = DataReport(path, fmt, len(rows))
     for row in rows[:limit]:
         report.rows.append(_inspect_row(row, fmt, tokenizer, spec, path, report.stats))
+    report.prep = compute(rows[:limit], tokenizer, spec)
     return report
 
 
@@ -141,6 +129,8 @@ def summary_lines(report: DataReport, spec: DataSpec) -> list[str]:
              f"({spec.overlong})",
              f"kept {s.kept} · tokens {s.tokens} · trained {s.trained_tokens} · "
              f"truncated {s.truncated} · dropped {s.dropped} · rejected {len(report.rejected)}"]
+    if report.prep is not None:
+        lines += report.prep.lines()[1:]   # the first line repeats the row count
     if report.rejected:
         lines.append(f"training stops at the first rejected row: {report.rejected[0].message}")
     return lines

@@ -26,6 +26,7 @@ class Report:
     json_equal: float | None = None
     loss: float | None = None
     records: list[dict] = field(default_factory=list)
+    task: dict | None = None        # macft.metrics: the family chosen from the references
 
     def lines(self) -> list[str]:
         out = [f"examples      {self.examples}",
@@ -36,7 +37,9 @@ class Report:
             out.append(f"JSON equal    {self.json_equal:.1%}  (parsed values equal)")
         if self.loss is not None:
             out.append(f"loss          {self.loss:.4f}")
-        return out
+        from macft.metrics import lines
+
+        return out + lines(self.task)
 
 
 def score(predictions: list[str], references: list[str]) -> tuple[float, int, float | None,
@@ -68,7 +71,8 @@ def data_loss(model, tokenizer, rows, spec: DataSpec, path: str, batch_size: int
 
 def evaluate(model, tokenizer, path: str, spec: DataSpec, max_tokens: int, batch_size: int,
              limit: int = 0, with_loss: bool = True,
-             progress: Callable[[int, int], None] | None = None) -> Report:
+             progress: Callable[[int, int], None] | None = None,
+             schema: dict | None = None) -> Report:
     from macft.data import detect_format, load_rows, prompt_and_reference
     from macft.generation import greedy
 
@@ -86,7 +90,10 @@ def evaluate(model, tokenizer, path: str, spec: DataSpec, max_tokens: int, batch
     records = [{"prompt": tokenizer.decode(p), "reference": r, "prediction": pred,
                 "exact": pred.strip() == r.strip()}
                for p, r, pred in zip(prompts, references, predictions)]
-    return Report(len(rows), exact, n_json, valid, equal, loss, records)
+    from macft.metrics import task_metrics
+
+    return Report(len(rows), exact, n_json, valid, equal, loss, records,
+                  task_metrics(predictions, references, schema))
 
 
 @dataclass

@@ -150,6 +150,14 @@ class TrainSpec:
     save_every: int = opt(100, "Checkpoint every N steps (0: only at the end).")
     patience: int = opt(0, "Early stopping: stop after N evaluations without a better "
                            "validation loss; 0 turns it off.")
+    general_max_rise: float = opt(0.0, "Forgetting guard: at each evaluation also measure "
+                                       "perplexity on macft's general text; past (1 + this) "
+                                       "times the base model's, apply general_action "
+                                       "(e.g. 0.2 = a 20% rise); 0 turns it off.")
+    general_action: str = opt("stop", "What the forgetting guard does: stop the run, or "
+                                      "keep_best (train on, but an evaluation past the bound "
+                                      "never becomes the best adapter).",
+                              choices=("stop", "keep_best"))
     sample_every: int = opt(0, "Generate from sample_prompts every N steps (0: never).")
     sample_prompts: list = opt([], "Fixed prompts for sample generations.")
     sample_max_tokens: int = opt(64, "Longest sample generation in tokens.")

@@ -20,6 +20,7 @@ from mlx.utils import tree_map
 from macft import env, recipe as recipe_mod, runs
 from macft import runtime
 from macft.errors import MacftError
+from macft.general.guard import ForgettingGuard
 from macft.kernels import verify
 from macft.events import (Checkpoint, Eval, Failed, Finished, MetricsFile, RunStarted, Sample,
                           Step, StopSignal)
@@ -140,6 +141,7 @@ class Trainer:
         self.optimizer = optim.AdamW(learning_rate=self.schedule,
                                      weight_decay=r.train.weight_decay)
         self.optimizer.init(self.model.trainable_parameters())
+        self.forgetting = ForgettingGuard.from_recipe(r, self.model, self.tokenizer)
         if ckpt is not None:
             state = checkpoint.restore(ckpt, self.model, self.optimizer)
             self.step = int(state["step"])
@@ -210,7 +212,9 @@ class Trainer:
         if result is None:
             return False
         val, metrics = result
-        improved = self.best_val is None or val < self.best_val
+        forgot = self.forgetting is not None and self.forgetting.check(self.model, self.step,
+                                                                       metrics)
+        improved = (self.best_val is None or val < self.best_val) and not forgot
         if improved:
             self.best_val, self.best_step, self.bad_evals = val, self.step, 0
             if self.world.main:
@@ -221,7 +225,8 @@ class Trainer:
         if improved:
             self.emit(Checkpoint(self.step, str(runs.best_dir(self.run_dir)), best=True))
         patience = self.recipe.train.patience
-        return patience > 0 and self.bad_evals >= patience
+        return (patience > 0 and self.bad_evals >= patience) or (forgot and
+                                                                 self.forgetting.stops)
 
     def samples(self) -> None:
         if not self.data.sample_prompts or not self.world.main:

@@ -12,6 +12,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static
 
+from macft.report import saved_lines
 from macft.tui.bridge import StatusLine
 
 
@@ -41,6 +42,8 @@ class CompareScreen(Screen):
             with VerticalScroll(id="tuned-box", classes="answer-box"):
                 yield Static("", id="tuned-answer")
         yield Static("", id="compare-status")
+        yield Static("\n".join(saved_lines(self.run_dir)) or
+                     "no report yet: macft compare BASE RUN --data TEST", id="compare-report")
         yield Footer()
 
     def on_mount(self) -> None:
