@@ -20,6 +20,7 @@ import pytest
 from macft import kernels
 from macft.kernels import attention as attn
 from macft.kernels import verify
+from macft.kernels.verify import packed_segments as packed
 
 TOL = 1e-4
 
@@ -59,17 +60,6 @@ def problem(b=2, hq=4, hkv=2, t=37, s=None, d=64, seed=0):
     v = rng.normal(0, 1, (b, hkv, s, d)).astype(np.float32)
     cot = rng.normal(0, 1, (b, hq, t, d)).astype(np.float32)
     return q, k, v, cot
-
-
-def packed(b, t, lengths):
-    """Segment ids of rows packed with examples of the given lengths, -1 for the padding."""
-    seg = np.full((b, t), -1, np.int32)
-    for row in range(b):
-        at = 0
-        for i, n in enumerate(lengths[row]):
-            seg[row, at:at + n] = i
-            at += n
-    return seg
 
 
 def run(fn, q, k, v, cot):
