@@ -208,10 +208,15 @@ def _gfortran_shim(vendored: Path) -> Path:
         link = farm / dep.name
         if not link.exists():
             link.symlink_to(dep)
-    tmp = farm / f".{shim.name}.{os.getpid()}"
-    tmp.write_bytes(bytes(data))
-    os.replace(tmp, shim)
+    _atomic_write(shim, bytes(data))
     return shim
+
+
+def _atomic_write(path: Path, data: str | bytes) -> None:
+    # Imported here, not at the top: the probe process loads this file as a plain module.
+    from macft.runs import atomic_write
+
+    atomic_write(path, data)
 
 
 def _needs_gfortran(lib: Path) -> bool:
@@ -312,9 +317,7 @@ def _write_cache(cache: dict) -> None:
     folder = cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".blas-probe.json.{os.getpid()}"
-        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
-        os.replace(tmp, folder / "blas-probe.json")
+        _atomic_write(folder / "blas-probe.json", json.dumps(cache, indent=1, sort_keys=True))
     except OSError:
         pass                                    # a read-only home only costs a probe per start
 
@@ -346,9 +349,7 @@ def probe(lib: Path, use_cache: bool = True) -> dict:
     mod = farm / "macft_blas_probe.py"
     src = (here / "blas.py").read_text()
     if not mod.exists() or mod.read_text() != src:
-        tmp = farm / f".macft_blas_probe.{os.getpid()}"
-        tmp.write_text(src)
-        os.replace(tmp, mod)
+        _atomic_write(mod, src)
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     # MACFT_BLAS_PROBE_PREFIX runs the probe under a wrapper: the tests use an emulated CPU
     # (qemu-x86_64 -cpu Haswell) to see what a CPU without AVX-512 does.
