@@ -31,6 +31,8 @@ from typing import Callable
 import mlx.core as mx
 import numpy as np
 
+from macft import runs
+
 CACHE_FILE = "kernel-checks.json"
 
 # Tolerances against the reference: the largest absolute difference, over the larger of 1 and
@@ -141,9 +143,7 @@ def _write_cache(data: dict) -> None:
     path = cache_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        runs.atomic_write(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
     except OSError:
         pass
 

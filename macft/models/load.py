@@ -72,10 +72,9 @@ def _assembled_path(name: str) -> Path:
     if target.exists() and done.exists() and done.read_text().strip() == module.EXPECTED_SHA256:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     try:
-        module.assemble(tmp, overwrite=True)      # joins the chunks, checks the sha256
-        os.replace(tmp, target)
+        with runs.atomic_path(target) as tmp:
+            module.assemble(tmp, overwrite=True)      # joins the chunks, checks the sha256
     except (OSError, ValueError, ImportError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise MacftError(f"model '{name}': assembling {module.MODEL_NAME} failed ({detail}); "
