@@ -21,7 +21,6 @@ import contextlib
 import functools
 import hashlib
 import json
-import os
 import platform
 import time
 from dataclasses import dataclass, field
