@@ -265,6 +265,11 @@ class ConsoleProgress:
             mark = " (best)" if event.improved else ""
             extra = "".join(f", {k} {v:.3f}" for k, v in event.metrics.items()
                             if k in ("accuracy", "margin"))
+            m = event.metrics
+            if "general_perplexity" in m:
+                extra += (f", general perplexity {m['general_perplexity']:.4g} (base "
+                          f"{m['general_baseline']:.4g}"
+                          + (", past the forgetting bound)" if m.get("general_over") else ")"))
             self._newline(f"step {event.step}: val loss {event.val_loss:.4f}{extra}{mark}")
         elif isinstance(event, Sample):
             text = event.text.replace("\n", " ")[:160]

@@ -88,3 +88,20 @@ def test_text_windows_overlap_by_one_token(tiny_model_dir):
     assert all(len(x) == 17 for x in w) and w[0][16] == w[1][0]
     assert QUESTIONS.exists()
     json.loads(QUESTIONS.read_text().splitlines()[0])
+
+
+def test_the_console_says_when_the_forgetting_bound_is_passed():
+    import io
+
+    from macft.events import ConsoleProgress
+
+    out = io.StringIO()
+    sink = ConsoleProgress(stream=out)
+    sink(Eval(10, 19.9193, None, False, {"general_perplexity": 1.8e10, "general_baseline": 24.74,
+                                          "general_over": True}))
+    sink(Eval(20, 0.5, 0.5, True, {"general_perplexity": 25.1, "general_baseline": 24.74,
+                                   "general_over": False}))
+    assert out.getvalue().splitlines() == [
+        "step 10: val loss 19.9193, general perplexity 1.8e+10 (base 24.74, past the forgetting "
+        "bound)",
+        "step 20: val loss 0.5000, general perplexity 25.1 (base 24.74) (best)"]
