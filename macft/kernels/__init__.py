@@ -23,13 +23,6 @@ def mode() -> str:
     return _MODE.get()
 
 
-def set_mode(value: str) -> None:
-    """Set the mode for this thread/context (the trainer calls it once at set-up)."""
-    if value not in MODES:
-        raise ValueError(f"kernels: {value!r} is not one of {', '.join(MODES)}")
-    _MODE.set(value)
-
-
 @contextlib.contextmanager
 def using(value: str):
     """Within this block, dispatchers use ``value``."""
