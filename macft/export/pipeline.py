@@ -18,10 +18,10 @@ def export(target: str, gguf: str | None = None, quant: str = "f16",
            say: Callable[[str], None] = print, hf: str | None = None) -> int:
     """Write the fused model (``gguf``), the LoRA adapter alone (``adapter_gguf``) and/or the
     fused model as a Hugging Face folder (``hf``): the targets of ``export.targets``."""
+    from macft import finite
     from macft.export import verify as verify_mod
     from macft.export.quant_plan import QUANTS
     from macft.models.load import is_run_dir, load_for_inference
-
     from macft.export.targets import TARGETS, fuse_to_folder
 
     if not gguf and not adapter_gguf and not hf:
@@ -50,6 +50,7 @@ def export(target: str, gguf: str | None = None, quant: str = "f16",
         if not gguf and not adapter_gguf:
             return 0
     loaded, _ = load_for_inference(target)
+    finite.check(loaded.model.parameters(), target)       # never write a NaN GGUF
     name = _name(target, loaded)
     base_gguf = loaded.source if loaded.kind == "gguf" else None
 
