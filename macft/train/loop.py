@@ -85,6 +85,14 @@ def _check_resume_recipe(run_dir: Path, recipe: Recipe) -> None:
                              f"output folder or delete it")
 
 
+def _debug_signal(step: int) -> None:
+    """Test hook ``MACFT_DEBUG_SIGNAL_AFTER_STEP=STEP:SIGNAL``: a real signal, sent to this
+    process after that step, goes through the CLI's handler like one from outside."""
+    when, _, name = env.get("MACFT_DEBUG_SIGNAL_AFTER_STEP").partition(":")
+    if when and int(when) == step:
+        os.kill(os.getpid(), getattr(signal, name))
+
+
 class Trainer:
     """State of one run; ``run()`` is the loop."""
 
@@ -394,6 +402,7 @@ class Trainer:
                 watchdog.beat()
                 if kill_after and self.step == kill_after:
                     os.kill(os.getpid(), signal.SIGKILL)  # test hook: die like a power cut
+                _debug_signal(self.step)
                 if stop_early:
                     reason = "early_stopping"
                     break
