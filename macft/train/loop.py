@@ -131,9 +131,8 @@ class Trainer:
         ckpt = checkpoint.latest(self.run_dir) if main else None
         renew = _check_resume(self.run_dir, r, self.allow_changes) if ckpt is not None else True
         if main:
-            if renew:
-                resume.record(self.run_dir, r)
-            recipe_mod.dump(r, runs.recipe_path(self.run_dir))
+            if ckpt is None:
+                self._record_start(renew)
             self.sinks.append(MetricsFile(runs.metrics_path(self.run_dir)))
         self.backend = runtime.backend(r.model.dtype)
         self.scope = RunScope(r.kernels)    # undone by close(), which run() always calls
@@ -174,9 +173,16 @@ class Trainer:
             self.bad_evals = state.get("bad_evals", 0)
             self.elapsed_before = state.get("elapsed", 0.0)
             self.last_checkpoint = str(ckpt)
+        if main and ckpt is not None:   # a resume that was refused left its folder alone
+            self._record_start(renew)
         if self.world.active:
             self._sync_from_main()
         self.model.train()
+
+    def _record_start(self, renew: bool) -> None:
+        if renew:
+            resume.record(self.run_dir, self.recipe)
+        recipe_mod.dump(self.recipe, runs.recipe_path(self.run_dir))
 
     def _sync_from_main(self) -> None:
         """Every rank starts from rank 0's weights, optimizer state and counters."""
