@@ -324,3 +324,24 @@ def test_signals_stop_after_a_checkpoint_with_their_exit_code_and_resume_exactly
     assert a.keys() == b.keys() and len(a) > 0
     for key in a:
         assert mx.array_equal(a[key], b[key]).item(), key
+
+
+def test_resume_digests_compare_values_and_resolved_paths(work, tmp_path, monkeypatch):
+    from macft.train import resume
+
+    run = tmp_path / "r"
+    run.mkdir()
+    raw = recipe_raw(work, "unused") | {"output": str(run), "init_adapter": str(work / "model")}
+    resume.record(run, recipe_mod.from_dict(raw))
+    # The same run from another working directory, with relative paths: nothing changed.
+    monkeypatch.chdir(work)
+    same = raw | {"output": os.path.relpath(run, work), "init_adapter": "model",
+                  "data": dict(raw["data"], train="train.jsonl")}
+    assert resume.check(run, recipe_mod.from_dict(same)) is False
+    safe = raw | {"train": dict(raw["train"], steps=50, eval_every=5, sample_prompts=["hi"])}
+    assert resume.check(run, recipe_mod.from_dict(safe)) is False
+    changed = raw | {"lora": {"rank": 8, "alpha": 8}, "method": "dora"}
+    with pytest.raises(MacftError) as exc:
+        resume.check(run, recipe_mod.from_dict(changed))
+    assert '(method: "lora" -> "dora", lora.rank: 4 -> 8)' in str(exc.value)
+    assert resume.check(run, recipe_mod.from_dict(changed), allow=True) is True

@@ -46,8 +46,20 @@ def digest_path_of(path: str | Path) -> dict | None:
     return {"size": size, "sha256": h.hexdigest()}
 
 
+# Options naming files or folders: compared as resolved paths, so a resume from another
+# working directory, or with `runs/x` for `/abs/runs/x`, is the same run.
+PATH_KEYS = frozenset({"model.path", "model.chat_template", "data.train", "data.valid",
+                       "data.test", "init_adapter", "output"})
+
+
+def _normalised(key: str, value):
+    if key in PATH_KEYS and isinstance(value, str) and value and Path(value).exists():
+        return str(Path(value).resolve())
+    return value
+
+
 def snapshot(recipe: Recipe) -> dict:
-    values = {k: v for k, v in recipe_mod.describe_values(recipe)}
+    values = {k: _normalised(k, v) for k, v in recipe_mod.describe_values(recipe)}
     data = {k: digest_path_of(values[k]) for k in DATA_KEYS if values.get(k)}
     return {"recipe": json.loads(json.dumps(values, default=str)), "data": data}
 
