@@ -6,8 +6,8 @@ adapter of the best validation loss), ``checkpoints/step-NNNNNNN/`` with a ``lat
 ``reference_logps.safetensors`` (DPO/IPO), ``started.json`` (the recipe values and data
 digests it started with), ``.lock`` while a trainer holds it (``macft.lock``), ``finished.json``
 once it is done, and for a staged recipe one ``stage-N-<name>/`` sub-folder per stage, each a
-run folder itself. Everything else asks this module for those paths. It also rebuilds a run's history from its events (the TUI's
-monitor and run list). Nothing here imports Textual or MLX.
+run folder itself. Everything else asks this module for those paths. It also rebuilds a run's
+history from its events (the TUI's monitor and run list). Nothing here imports Textual or MLX.
 """
 
 from __future__ import annotations
