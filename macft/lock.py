@@ -90,7 +90,7 @@ def _refuse(run_dir: Path, holder: Holder | None) -> MacftError:
 
 
 def _flock(fd: int) -> str:
-    """"locked", "held" (someone else has it) or "unsupported" (no flock on this mount)."""
+    """Try the flock: locked, held (someone else has it) or unsupported (not on this mount)."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return "locked"
