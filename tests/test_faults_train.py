@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -171,6 +172,34 @@ def test_a_second_trainer_is_refused_naming_the_holder(work):
     assert held.took_over is None
     assert sorted(p.name for p in run.iterdir()) == []     # the refused run wrote nothing
     assert not (run / ".lock").exists()                     # released with the block
+
+
+@pytest.mark.slow
+def test_two_trainers_started_together_one_trains_the_other_is_refused(work):
+    run = work / "two"
+    first_recipe = write_recipe(work, "two", steps=12)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    first = subprocess.Popen([sys.executable, "-m", "macft", "run", str(first_recipe)],
+                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        for _ in range(600):
+            holder = lock_mod.read_holder(run)
+            if holder is not None and holder.pid == first.pid:
+                break
+            time.sleep(0.05)
+        second = cli(["run", write_recipe(work, "two-b", steps=4, learning_rate=0.05, seed=9),
+                      "output=" + str(run)])
+    finally:
+        out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-3000:]
+    assert second.returncode == 2
+    assert f"already being trained by pid {first.pid} on " in error_line(second)
+    # The folder holds the first run alone: its 12 steps, once each, and its recipe.
+    steps = [e["step"] for e in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+             if e["event"] == "Step"]
+    assert steps == list(range(1, 13))
+    assert "learning_rate: 0.01" in runs.recipe_path(run).read_text()
 
 
 def test_a_stale_lock_and_killed_writers_temp_files_are_cleared(work):
