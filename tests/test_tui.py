@@ -141,8 +141,11 @@ async def _drive_run(app, pilot, root: Path, gates) -> None:
     assert state["step"] == 8
     assert (run_dir / "checkpoints" / "step-0000008" / "adapters.safetensors").exists()
 
-    # Back home: the run is listed as stopped; reopen it from its metrics.jsonl.
+    # Back home (the form's edits were never saved: it asks, y drops them); the run is
+    # listed as stopped; reopen it from its metrics.jsonl.
     await pilot.press("escape", "escape")
+    assert "Discard the unsaved changes" in text_of(app.screen.query_one("#confirm-question"))
+    await pilot.press("y")
     assert isinstance(app.screen, HomeScreen)
     runs = app.screen.query_one("#runs", DataTable)
     assert [str(c) for c in runs.get_row_at(0)[:3]] == ["runs/quickstart", "stopped", "8/30"]

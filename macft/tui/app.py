@@ -132,11 +132,31 @@ class MacftApp(App):
             self.states[key] = state
         return state
 
+    @staticmethod
+    def preflight(recipe: recipe_mod.Recipe) -> None:
+        """What can be checked before a run starts: its data files exist (MacftError naming
+        the key otherwise), so a typo is shown where it was typed, not as a failed run."""
+        from macft.data.rows import check_source
+
+        for key in ("train", "valid"):
+            path = getattr(recipe.data, key)
+            if path:
+                try:
+                    check_source(path)
+                except MacftError as exc:
+                    raise MacftError(f"key 'data.{key}': {exc}") from None
+
     def start_training(self, recipe: recipe_mod.Recipe) -> RunState | None:
-        """Train (or resume) ``recipe`` in a thread; None when another run is training."""
+        """Train (or resume) ``recipe`` in a thread; None when another run is training or the
+        recipe cannot start (said in a notification)."""
         if self.live is not None:
             self.notify(f"{self.show_path(self.live.key)} is training; stop it first",
                         severity="error")
+            return None
+        try:
+            self.preflight(recipe)
+        except MacftError as exc:
+            self.notify(str(exc), severity="error", timeout=10)
             return None
         key = run_key(recipe.run_dir)
         state = self.state_for(recipe.run_dir)

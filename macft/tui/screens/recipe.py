@@ -123,16 +123,18 @@ class RecipeScreen(Screen):
         widget.value = to_text(value) if isinstance(widget, Input) else value
 
     def validated(self) -> recipe_mod.Recipe | None:
-        error = self.query_one("#form-error", Static)
         try:
             recipe = values_to_recipe(self.values(), self.src)
         except MacftError as exc:
-            error.update(str(exc))
-            error.add_class("shown")
+            self.show_error(str(exc))
             return None
-        error.update("")
-        error.remove_class("shown")
+        self.show_error("")
         return recipe
+
+    def show_error(self, text: str) -> None:
+        error = self.query_one("#form-error", Static)
+        error.update(text)
+        error.set_class(bool(text), "shown")
 
     # ----- actions ----------------------------------------------------------------------------
     def action_save(self) -> None:
@@ -180,7 +182,14 @@ class RecipeScreen(Screen):
 
     def action_start(self) -> None:
         recipe = self.validated()
-        if recipe is not None and self.app.start_training(recipe) is not None:
+        if recipe is None:
+            return
+        try:
+            self.app.preflight(recipe)
+        except MacftError as exc:          # on the form, where it can be fixed
+            self.show_error(f"{self.src}: {exc}")
+            return
+        if self.app.start_training(recipe) is not None:
             self.app.open_run(recipe.run_dir)
 
     def action_inspect(self) -> None:
