@@ -194,6 +194,8 @@ def cmd_run(args) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    if hasattr(signal, "SIGUSR1"):      # "checkpoint now" from the TUI (macft.tui.trainer)
+        signal.signal(signal.SIGUSR1, lambda signum, frame: stop.request_checkpoint())
     done = train(recipe, [ConsoleProgress()], stop)
     return 0 if done.reason in ("completed", "early_stopping", "stopped") else 1
 

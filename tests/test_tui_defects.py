@@ -197,6 +197,8 @@ async def _monitor_text(root: Path, size) -> tuple[str, str]:
     app = MacftApp(root=root)
     async with app.run_test(size=size) as pilot:
         app.open_run(root / "runs" / "demo")
+        # Drawn once the footer is (a loaded machine may take a few frames).
+        await wait_for(pilot, lambda: "Commands" in screen_text(app), 20, "the monitor")
         await pilot.pause()
         return screen_text(app), text_of(app.screen.query_one("#samples"))
 
@@ -227,6 +229,7 @@ def test_the_monitor_keeps_eta_and_quit_at_small_sizes(home, size):
 async def _home_text(root: Path, size) -> str:
     app = MacftApp(root=root)
     async with app.run_test(size=size) as pilot:
+        await wait_for(pilot, lambda: "Commands" in screen_text(app), 20, "the home screen")
         await pilot.pause()
         return screen_text(app)
 

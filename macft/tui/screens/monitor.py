@@ -150,30 +150,33 @@ class MonitorScreen(Screen):
     def check_action(self, action: str, parameters) -> bool | None:
         state, live = self.state, self.app.live
         mine = live is not None and live.key == self.key
-        if action in ("pause", "stop", "checkpoint"):   # hidden: they need a live run here
+        if action in ("pause", "stop"):              # hidden: they need a live run here
             return True if mine else False
+        if action == "checkpoint":                   # once the trainer listens for it
+            return True if mine and state is not None and state.status in (
+                "running", "paused") else False
         if action == "resume":
             return True if state is not None and state.resumable else None
         return True
 
     def action_pause(self) -> None:
-        live, state = self.app.live, self.state
-        if live.stop.paused:
-            live.stop.resume()
+        trainer, state = self.app.live.trainer, self.state
+        if trainer.paused:
+            trainer.resume()
             state.status = "running"
         else:
-            live.stop.pause()
+            trainer.pause()
             state.status = "paused"
         self.show_state(state)
 
     def action_stop(self) -> None:
-        self.app.live.stop.stop()
+        self.app.live.trainer.stop()
         self.state.status = "stopping"
         self.notify("stopping after this step; a checkpoint will be written")
         self.show_state(self.state)
 
     def action_checkpoint(self) -> None:
-        self.app.live.stop.request_checkpoint()
+        self.app.live.trainer.checkpoint()
         self.notify("a checkpoint will be written after this step")
 
     def action_resume(self) -> None:
