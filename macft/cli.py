@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from macft import env
-from macft.errors import MacftError
+from macft.errors import EXIT_SIGINT, MacftError
 from macft.export.targets import APPS, DEFAULT_QUANT, TARGETS, quant_names
 from macft.generation import MAX_TOKENS
 from macft.plan import SAFE_SHARE
@@ -33,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
                           "peak memory exceeds SIZE (e.g. 12GB), naming a setting that fits")
     run.add_argument("--force", action="store_true",
                      help="train even when the plan exceeds --memory-budget")
+    run.add_argument("--allow-changes", action="store_true",
+                     help="resume although the recipe or data differ from what the run "
+                          "started with (train.steps, eval/save/sample cadence may always "
+                          "change)")
     run.add_argument("--hosts", metavar="HOSTS.json",
                      help="train data-parallel on these machines: re-runs this command under "
                           "`mlx.launch --backend ring --hostfile HOSTS.json` (see README)")
@@ -184,20 +188,42 @@ def cmd_run(args) -> int:
             raise MacftError(result.refusal())
     runtime.limit_memory()          # on a Mac: fail cleanly rather than freeze the machine
     stop = StopSignal()
+    received = stop_on_signals(stop)
+    done = train(recipe, [ConsoleProgress()], stop, allow_changes=args.allow_changes)
+    return run_exit_code(done.reason, received)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def stop_on_signals(stop) -> list[int]:
+    """SIGINT (Ctrl-C), SIGTERM and SIGHUP stop the run at the next step boundary, after a
+    checkpoint; a second one aborts at once. Returns the list the signals received go into."""
+    received: list[int] = []
 
     def on_signal(signum, frame):
         if stop.stopped:
             raise KeyboardInterrupt
-        print("\nstopping after this step (a checkpoint will be written); "
-              "press Ctrl-C again to abort", file=sys.stderr)
+        received.append(signum)
+        print(f"\n{signal.Signals(signum).name}: stopping after this step (a checkpoint will "
+              "be written); press Ctrl-C again to abort", file=sys.stderr)
         stop.stop()
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_signal)
     if hasattr(signal, "SIGUSR1"):      # "checkpoint now" from the TUI (macft.tui.trainer)
         signal.signal(signal.SIGUSR1, lambda signum, frame: stop.request_checkpoint())
-    done = train(recipe, [ConsoleProgress()], stop)
-    return 0 if done.reason in ("completed", "early_stopping", "stopped") else 1
+    return received
+
+
+def run_exit_code(reason: str, received: list[int]) -> int:
+    """0 for a finished run; 128 + the signal's number for one a signal stopped (see
+    ``macft.errors``), so a script can tell them apart."""
+    from macft.errors import EXIT_OK, EXIT_SIGINT, exit_for_signal
+
+    if reason != "stopped":
+        return EXIT_OK
+    return exit_for_signal(received[0]) if received else EXIT_SIGINT
 
 
 def _plan_line(result) -> str:
@@ -462,10 +488,10 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"macft: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("macft: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_SIGINT
     except Exception as exc:  # noqa: BLE001 - one line unless --debug
         if debug:
             raise

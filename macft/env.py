@@ -31,6 +31,8 @@ SWITCHES = {s.name: s for s in (
            "distributed run gives up on its peers"),
     Switch("MACFT_DEBUG_KILL_AFTER_STEP", "0", "test hook: the run kills itself (SIGKILL) after "
            "this step, like a power cut"),
+    Switch("MACFT_DEBUG_SIGNAL_AFTER_STEP", "", "test hook: STEP:SIGNAL (e.g. 5:SIGTERM): the run "
+           "sends itself that signal after this step, as a user or a service manager would"),
 )}
 
 

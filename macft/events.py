@@ -115,8 +115,18 @@ class Failed(Event):
     error: str
 
 
+@dataclass(frozen=True)
+class Notice(Event):
+    """One line the user should see that changes nothing about the run's outcome: a stale
+    lock taken over, temporary files of a killed writer removed, a damaged checkpoint skipped,
+    a step skipped for a non-finite loss."""
+
+    step: int
+    text: str
+
+
 EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, KernelCheck, Step, Eval, Sample,
-                                             Checkpoint, Finished, Failed)}
+                                             Checkpoint, Finished, Failed, Notice)}
 
 
 def event_from_json(row: dict) -> Event | None:
@@ -248,6 +258,8 @@ class ConsoleProgress:
                 self._newline(f"resuming at step {event.start_step} of {event.total_steps}")
         elif isinstance(event, KernelCheck):
             self._newline(event.line())
+        elif isinstance(event, Notice):
+            self._newline(event.text)
         elif isinstance(event, Step):
             now = time.monotonic()
             last = event.step == event.total_steps

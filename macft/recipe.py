@@ -136,6 +136,10 @@ class TrainSpec:
     min_lr_ratio: float = opt(0.0, "Final learning rate as a fraction of the peak.")
     weight_decay: float = opt(0.0, "AdamW weight decay.")
     max_grad_norm: float = opt(1.0, "Clip the global gradient norm to this; 0 turns it off.")
+    max_nonfinite_steps: int = opt(3, "A step whose loss or gradient norm is NaN or Inf is "
+                                      "skipped (no update); after this many in a row the run "
+                                      "stops, keeping its last finite checkpoint; 0: never "
+                                      "stop.")
     grad_checkpoint: bool = opt(False, "Recompute each block's activations in the backward "
                                        "pass (less memory, ~30% more time).")
     compile: str = opt("auto", "Compile the SFT step with mx.compile, one graph per batch "

@@ -3,9 +3,10 @@
 A run folder holds ``recipe.yaml`` (the recipe as trained), ``metrics.jsonl`` (one event per
 line), ``adapters.safetensors`` + ``adapter_config.json`` (the final adapter), ``best/`` (the
 adapter of the best validation loss), ``checkpoints/step-NNNNNNN/`` with a ``latest`` pointer,
-``reference_logps.safetensors`` (DPO/IPO), ``finished.json`` once it is done, and for a staged
-recipe one ``stage-N-<name>/`` sub-folder per stage, each a run folder itself. Everything else
-asks this module for those paths. It also rebuilds a run's history from its events (the TUI's
+``reference_logps.safetensors`` (DPO/IPO), ``started.json`` (the recipe values and data
+digests it started with), ``.lock`` while a trainer holds it (``macft.lock``), ``finished.json``
+once it is done, and for a staged recipe one ``stage-N-<name>/`` sub-folder per stage, each a
+run folder itself. Everything else asks this module for those paths. It also rebuilds a run's history from its events (the TUI's
 monitor and run list). Nothing here imports Textual or MLX.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ LATEST = "latest"
 ADAPTERS = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 REFERENCE_LOGPS = "reference_logps.safetensors"
+STARTED = "started.json"
 STAGE_GLOB = "stage-*"
 
 
@@ -45,11 +48,65 @@ def atomic_path(path: str | Path):
     _remove(tmp)
     try:
         yield tmp
+        _fsync_tree(tmp)             # the bytes are on disk before the name points at them
         if tmp.is_dir() and path.is_dir():
             shutil.rmtree(path)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)      # and the rename itself survives a power cut
     finally:
         _remove(tmp)
+
+
+def _fsync_tree(p: Path) -> None:
+    """fsync a file, or every file of a folder and the folder itself."""
+    if p.is_dir():
+        for child in p.iterdir():
+            _fsync_tree(child)
+        _fsync_dir(p)
+    elif p.is_file():
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_dir(p: Path) -> None:
+    try:
+        fd = os.open(p, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass                         # some file systems cannot fsync a folder
+    finally:
+        os.close(fd)
+
+
+# The temporary names atomic_path makes: ".<stem>.tmp<pid><suffix>".
+_TEMP_NAME = re.compile(r"^\.(?P<stem>.+)\.tmp(?P<pid>\d+)(?P<suffix>\.[^/]*)?$")
+
+
+def stale_temps(folder: str | Path) -> list[Path]:
+    """Temporary files and folders under ``folder`` left by writers that were killed (their
+    pid no longer runs here); a live writer's are left alone."""
+    from macft.lock import pid_alive
+
+    out = []
+    for p in sorted(Path(folder).rglob(".*.tmp*")):
+        m = _TEMP_NAME.match(p.name)
+        if m and not pid_alive(int(m["pid"])) and not any(q in out for q in p.parents):
+            out.append(p)
+    return out
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Remove ``stale_temps(folder)``; returns what was removed."""
+    removed = stale_temps(folder)
+    for p in removed:
+        _remove(p)
+    return removed
 
 
 def _remove(p: Path) -> None:
@@ -88,6 +145,11 @@ def checkpoints_dir(run_dir: str | Path) -> Path:
 
 def reference_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / REFERENCE_LOGPS
+
+
+def started_path(run_dir: str | Path) -> Path:
+    """The recipe values and data digests the run started with (``train.resume``)."""
+    return Path(run_dir) / STARTED
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -220,6 +282,9 @@ class RunState:
 
     def _on_KernelCheck(self, e: ev.KernelCheck) -> None:
         self._log(e.line())
+
+    def _on_Notice(self, e: ev.Notice) -> None:
+        self._log(e.text)
 
     def _on_Step(self, e: ev.Step) -> None:
         self.last, self.step, self.total_steps = e, e.step, e.total_steps

@@ -28,10 +28,10 @@ def export(target: str, gguf: str | None = None, quant: str = "f16",
     """Write the fused model (``gguf``), the LoRA adapter alone (``adapter_gguf``) and/or the
     fused model as a Hugging Face folder (``hf``): the targets of ``export.targets``; ``to``
     (app, folder) writes the GGUF where an app of ``targets.APPS`` runs it."""
+    from macft import finite
     from macft.export import verify as verify_mod
     from macft.export.quant_plan import QUANTS
     from macft.models.load import is_run_dir, load_for_inference
-
     from macft.export.targets import APPS, TARGETS, fuse_to_folder
 
     if not gguf and not adapter_gguf and not hf and not to:
@@ -65,6 +65,7 @@ def export(target: str, gguf: str | None = None, quant: str = "f16",
         if not gguf and not adapter_gguf and not to:
             return 0
     loaded, _ = load_for_inference(target)
+    finite.check(loaded.model.parameters(), target)       # never write a NaN GGUF
     name = _name(target, loaded)
     base_gguf = loaded.source if loaded.kind == "gguf" else None
     finish = None

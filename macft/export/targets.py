@@ -60,9 +60,11 @@ def quant_names() -> list[str]:
 
 def fuse_to_folder(run: str | Path, out: str | Path) -> tuple[int, Path]:
     """Merge a run's adapters into its base and save a Hugging Face folder: (layers, folder)."""
+    from macft import finite
     from macft.models.fuse import fuse_in_place, save_folder
     from macft.models.load import load_for_inference
 
     loaded, _ = load_for_inference(str(run))
+    finite.check(loaded.model.parameters(), str(run))     # never write non-finite weights
     n = fuse_in_place(loaded.model)
     return n, save_folder(loaded.model, loaded.tokenizer, loaded.config, Path(out))

@@ -6,6 +6,7 @@ pass a ``StopSignal`` that the loop checks every step.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -15,25 +16,25 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.optimizers as optim
-from mlx.utils import tree_map
+from mlx.utils import tree_flatten, tree_map
 
-from macft import env, recipe as recipe_mod, runs
+from macft import env, finite, recipe as recipe_mod, runs
 from macft import runtime
-from macft.errors import MacftError
+from macft.errors import MacftError, NonFiniteError
+from macft.lock import run_lock
 from macft.general.guard import ForgettingGuard
 from macft.kernels import verify
-from macft.events import (Checkpoint, Eval, Failed, Finished, MetricsFile, RunStarted, Sample,
-                          Step, StopSignal)
+from macft.events import (Checkpoint, Eval, Failed, Finished, MetricsFile, Notice, RunStarted,
+                          Sample, Step, StopSignal)
 from macft.models import adapters
 from macft.models.load import Loaded, load_base
 from macft.recipe import Recipe
-from macft.train import checkpoint, distributed, objectives
+from macft.train import checkpoint, distributed, objectives, resume
 from macft.train.objectives.base import DataBundle  # noqa: F401  (re-exported)
 from macft.train.scope import RunScope
 
 # Recipe keys that may change when a run is resumed (e.g. to train longer).
-RESUMABLE_CHANGES = {"train.steps", "train.epochs", "train.patience", "train.eval_every",
-                     "train.save_every", "train.sample_every", "output", "kernels"}
+RESUMABLE_CHANGES = resume.SAFE_CHANGES
 
 
 
@@ -61,6 +62,15 @@ def total_steps(recipe: Recipe, batches_per_epoch: int) -> int:
     return max(1, math.ceil(t.epochs * batches_per_epoch / t.grad_accum))
 
 
+def _check_resume(run_dir: Path, recipe: Recipe, allow: bool) -> bool:
+    """A resume must match what the run started with (``train.resume``); a folder written
+    before runs recorded that is compared with its recipe.yaml. True: the record is renewed."""
+    if resume.read_record(run_dir) is None:
+        _check_resume_recipe(run_dir, recipe)
+        return True
+    return resume.check(run_dir, recipe, allow)
+
+
 def _check_resume_recipe(run_dir: Path, recipe: Recipe) -> None:
     saved_path = runs.recipe_path(run_dir)
     if not saved_path.exists():
@@ -75,11 +85,19 @@ def _check_resume_recipe(run_dir: Path, recipe: Recipe) -> None:
                              f"output folder or delete it")
 
 
+def _debug_signal(step: int) -> None:
+    """Test hook ``MACFT_DEBUG_SIGNAL_AFTER_STEP=STEP:SIGNAL``: a real signal, sent to this
+    process after that step, goes through the CLI's handler like one from outside."""
+    when, _, name = env.get("MACFT_DEBUG_SIGNAL_AFTER_STEP").partition(":")
+    if when and int(when) == step:
+        os.kill(os.getpid(), getattr(signal, name))
+
+
 class Trainer:
     """State of one run; ``run()`` is the loop."""
 
     def __init__(self, recipe: Recipe, sinks: list, stop: StopSignal | None = None,
-                 loaded: Loaded | None = None):
+                 loaded: Loaded | None = None, allow_changes: bool = False):
         self.recipe = recipe
         self.run_dir = recipe.run_dir
         self.sinks = list(sinks)
@@ -94,6 +112,8 @@ class Trainer:
         self.world = distributed.world()
         self.last_checkpoint: str | None = None
         self.scope: RunScope | None = None
+        self.allow_changes = allow_changes  # resume despite a changed recipe or data
+        self.nonfinite = 0                  # non-finite steps in a row (skipped updates)
 
     def emit(self, event) -> None:
         if not self.world.main:         # one display, one metrics file: rank 0's
@@ -109,10 +129,10 @@ class Trainer:
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         ckpt = checkpoint.latest(self.run_dir) if main else None
-        if ckpt is not None:
-            _check_resume_recipe(self.run_dir, r)
+        renew = _check_resume(self.run_dir, r, self.allow_changes) if ckpt is not None else True
         if main:
-            recipe_mod.dump(r, runs.recipe_path(self.run_dir))
+            if ckpt is None:
+                self._record_start(renew)
             self.sinks.append(MetricsFile(runs.metrics_path(self.run_dir)))
         self.backend = runtime.backend(r.model.dtype)
         self.scope = RunScope(r.kernels)    # undone by close(), which run() always calls
@@ -143,16 +163,26 @@ class Trainer:
         self.optimizer.init(self.model.trainable_parameters())
         self.forgetting = ForgettingGuard.from_recipe(r, self.model, self.tokenizer)
         if ckpt is not None:
-            state = checkpoint.restore(ckpt, self.model, self.optimizer)
+            ckpt, state, skipped = checkpoint.restore_newest(self.run_dir, self.model,
+                                                             self.optimizer)
+            for line in skipped:
+                self.emit(Notice(0, line))
             self.step = int(state["step"])
             self.best_val = state.get("best_val")
             self.best_step = state.get("best_step", 0)
             self.bad_evals = state.get("bad_evals", 0)
             self.elapsed_before = state.get("elapsed", 0.0)
             self.last_checkpoint = str(ckpt)
+        if main and ckpt is not None:   # a resume that was refused left its folder alone
+            self._record_start(renew)
         if self.world.active:
             self._sync_from_main()
         self.model.train()
+
+    def _record_start(self, renew: bool) -> None:
+        if renew:
+            resume.record(self.run_dir, self.recipe)
+        recipe_mod.dump(self.recipe, runs.recipe_path(self.run_dir))
 
     def _sync_from_main(self) -> None:
         """Every rank starts from rank 0's weights, optimizer state and counters."""
@@ -189,10 +219,10 @@ class Trainer:
             batches = self.micro_batches(step)
         result = self.objective.step(batches)
         self.step_metrics = result.metrics
-        self._apply(result.grads)
+        self._apply(result.grads, result.loss)
         return result.loss, result.tokens
 
-    def _apply(self, grads) -> None:
+    def _apply(self, grads, loss: float = 0.0) -> None:
         if self.world.active:
             # A rank whose share held no trained token still joins the sum.
             if grads is None:
@@ -201,9 +231,48 @@ class Trainer:
         if grads is None:
             return
         if self.recipe.train.max_grad_norm > 0:
-            grads, _ = optim.clip_grad_norm(grads, self.recipe.train.max_grad_norm)
+            grads, norm = optim.clip_grad_norm(grads, self.recipe.train.max_grad_norm)
+        else:
+            norm = mx.sqrt(sum(mx.sum(g.astype(mx.float32) ** 2)
+                               for _, g in tree_flatten(grads)))
+        if not self._agree_finite(finite.is_finite(loss) and finite.is_finite(norm.item())):
+            self._skip(f"loss {loss:.4g}, gradient norm {norm.item():.4g}")
+            return
+        before = (self.model.trainable_parameters(), tree_map(lambda x: x, self.optimizer.state))
         self.optimizer.update(self.model, grads)
-        mx.eval(self.model.parameters(), self.optimizer.state)
+        ok = finite.all_finite(self.model.trainable_parameters())
+        mx.eval(self.model.parameters(), self.optimizer.state, ok)
+        if not self._agree_finite(ok.item()):
+            # The update itself overflowed: take it back, weights and optimizer state.
+            self.model.update(before[0])
+            self.optimizer.state = before[1]
+            self._skip("the update made the weights non-finite")
+            return
+        self.nonfinite = 0
+
+    def _agree_finite(self, ok: bool) -> bool:
+        """Every rank skips the same steps."""
+        if not self.world.active:
+            return bool(ok)
+        return self.world.total(0.0 if ok else 1.0) == 0
+
+    def _skip(self, why: str) -> None:
+        """A non-finite step: no update; too many in a row end the run (``_check_nonfinite``)."""
+        self.nonfinite += 1
+        self.step_metrics = dict(self.step_metrics, skipped=1.0)
+        limit = self.recipe.train.max_nonfinite_steps
+        self.emit(Notice(self.step + 1, f"step {self.step + 1}: not finite ({why}); update "
+                                        f"skipped ({self.nonfinite} of {limit} in a row)"))
+
+    def _check_nonfinite(self) -> None:
+        limit = self.recipe.train.max_nonfinite_steps
+        if limit and self.nonfinite >= limit:
+            first = self.step - self.nonfinite + 1
+            raise NonFiniteError(
+                f"step {self.step}: the loss or gradient was not finite for {self.nonfinite} "
+                f"steps in a row (steps {first}-{self.step}, none applied); stopped. The last "
+                f"finite checkpoint is {self.last_checkpoint or 'none (no checkpoint yet)'}; "
+                "lower train.learning_rate or set train.max_grad_norm")
 
     # ----- evaluation -------------------------------------------------------------------------
     def evaluate(self) -> bool:
@@ -214,10 +283,12 @@ class Trainer:
         val, metrics = result
         forgot = self.forgetting is not None and self.forgetting.check(self.model, self.step,
                                                                        metrics)
-        improved = (self.best_val is None or val < self.best_val) and not forgot
+        improved = finite.is_finite(val) and (self.best_val is None or val < self.best_val) \
+            and not forgot
         if improved:
             self.best_val, self.best_step, self.bad_evals = val, self.step, 0
             if self.world.main:
+                self._assert_finite(runs.best_dir(self.run_dir))
                 adapters.save_adapters(self.model, runs.best_dir(self.run_dir), self.adapter_cfg)
         else:
             self.bad_evals += 1
@@ -242,6 +313,7 @@ class Trainer:
         if not self.world.main:
             self.last_checkpoint = self._checkpoint_on_main()
             return None
+        self._assert_finite(runs.checkpoints_dir(self.run_dir))
         state = {"best_val": self.best_val, "best_step": self.best_step,
                  "bad_evals": self.bad_evals, "elapsed": elapsed, "total_steps": self.total}
         path = checkpoint.save(self.run_dir, self.step, self.model, self.optimizer, state,
@@ -249,6 +321,9 @@ class Trainer:
         self.last_checkpoint = str(path)
         self.emit(Checkpoint(self.step, str(path)))
         return path
+
+    def _assert_finite(self, where: Path) -> None:
+        finite.check(self.model.trainable_parameters(), str(where))
 
     def _stopping(self) -> bool:
         """A stop asked on any rank stops every rank at the same step."""
@@ -305,6 +380,7 @@ class Trainer:
                 loss, tokens = self.train_step(self.step)
                 watchdog.beat()
                 self.step += 1
+                self._check_nonfinite()
                 dt = time.monotonic() - t0
                 tokens_window = (tokens_window + [(dt, tokens)])[-20:]
                 tps = sum(n for _, n in tokens_window) / max(sum(d for d, _ in tokens_window),
@@ -324,12 +400,15 @@ class Trainer:
                     stop_early = self.evaluate()
                 if r.sample_every and (self.step % r.sample_every == 0 or last):
                     self.samples()
-                if (r.save_every and self.step % r.save_every == 0) or last or stop_early \
-                        or self.stop.take_checkpoint_request():
+                # In a run of non-finite steps the periodic save waits, so it never prunes a
+                # checkpoint of the last finite steps for one of the same weights.
+                periodic = r.save_every and self.step % r.save_every == 0 and not self.nonfinite
+                if periodic or last or stop_early or self.stop.take_checkpoint_request():
                     self.save(self.elapsed_before + time.monotonic() - start)
                 watchdog.beat()
                 if kill_after and self.step == kill_after:
                     os.kill(os.getpid(), signal.SIGKILL)  # test hook: die like a power cut
+                _debug_signal(self.step)
                 if stop_early:
                     reason = "early_stopping"
                     break
@@ -353,6 +432,7 @@ class Trainer:
             watchdog.stop()
         if not self.world.main:
             return Finished(self.step, reason, self.best_val, "", elapsed)
+        self._assert_finite(self.run_dir)
         final = adapters.save_adapters(self.model, self.run_dir, self.adapter_cfg)
         done = Finished(self.step, reason, self.best_val, str(final), elapsed)
         if reason != "stopped":
@@ -361,7 +441,8 @@ class Trainer:
         return done
 
 
-def run_stages(recipe: Recipe, sinks: list, stop: StopSignal | None = None) -> Finished:
+def run_stages(recipe: Recipe, sinks: list, stop: StopSignal | None = None,
+               allow_changes: bool = False) -> Finished:
     """Run a staged recipe (e.g. sft then dpo): each stage in its own sub-folder, starting
     from the previous stage's adapter; finished stages are skipped, so a killed run resumes
     inside the stage where it stopped."""
@@ -369,8 +450,8 @@ def run_stages(recipe: Recipe, sinks: list, stop: StopSignal | None = None) -> F
     main = distributed.world().main     # rank 0's folder says which stages are done
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if runs.has_stages(run_dir):
-            _check_resume_recipe(run_dir, recipe)
+        if not runs.has_stages(run_dir) or _check_resume(run_dir, recipe, allow_changes):
+            resume.record(run_dir, recipe)
         recipe_mod.dump(recipe, runs.recipe_path(run_dir))
     previous = recipe.init_adapter
     done = None
@@ -378,7 +459,7 @@ def run_stages(recipe: Recipe, sinks: list, stop: StopSignal | None = None) -> F
         if previous:
             stage = dataclasses.replace(stage, init_adapter=str(previous))
         if not distributed.world().agree(runs.is_finished(stage.run_dir)):
-            done = Trainer(stage, sinks, stop).run()
+            done = Trainer(stage, sinks, stop, allow_changes=allow_changes).run()
             if done.reason == "stopped":
                 return done
         # Other ranks take the adapter from rank 0 (Trainer._sync_from_main), not from a path.
@@ -391,7 +472,34 @@ def run_stages(recipe: Recipe, sinks: list, stop: StopSignal | None = None) -> F
 
 
 def train(recipe: Recipe, sinks: list, stop: StopSignal | None = None,
-          loaded: Loaded | None = None) -> Finished:
-    if recipe.stages:
-        return run_stages(recipe, sinks, stop)
-    return Trainer(recipe, sinks, stop, loaded).run()
+          loaded: Loaded | None = None, allow_changes: bool = False) -> Finished:
+    """Train (or resume) ``recipe`` holding its run folder's lock for the whole run, stages
+    included. ``allow_changes``: resume even though the recipe or data changed (see
+    ``train.resume``)."""
+    with hold_run_folder(recipe.run_dir, sinks):
+        if recipe.stages:
+            return run_stages(recipe, sinks, stop, allow_changes)
+        return Trainer(recipe, sinks, stop, loaded, allow_changes).run()
+
+
+@contextlib.contextmanager
+def hold_run_folder(run_dir: Path, sinks: list):
+    """The run lock (``macft.lock``) for the block, on rank 0 (the only rank that writes the
+    folder); on taking it, temporary files of killed writers are removed. What was taken over
+    or removed goes to the sinks as ``Notice`` events."""
+    if not distributed.world().main:
+        yield None
+        return
+    with run_lock(run_dir) as lock:
+        notes = []
+        if lock.took_over is not None:
+            notes.append(f"{run_dir}: took over the lock of {lock.took_over.describe()}, "
+                         "which no longer runs")
+        removed = runs.remove_stale_temps(run_dir)
+        if removed:
+            names = ", ".join(str(p.relative_to(run_dir)) for p in removed)
+            notes.append(f"{run_dir}: removed temporary files of a killed writer: {names}")
+        for note in notes:
+            for sink in sinks:
+                sink(Notice(0, note))
+        yield lock
