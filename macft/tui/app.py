@@ -19,7 +19,7 @@ from textual.screen import Screen
 from macft import recipe as recipe_mod, runs, shipped
 from macft.errors import MacftError
 from macft.runs import RunState, display_path, recipe_files, scan_runs
-from macft.tui.trainer import TrainerProcess
+from macft.tui.trainer import AttachedTrainer, Trainer, TrainerProcess
 
 SHIPPED_RECIPES = shipped.RECIPES     # package data: there after a non-editable install too
 
@@ -27,7 +27,7 @@ SHIPPED_RECIPES = shipped.RECIPES     # package data: there after a non-editable
 @dataclass
 class LiveRun:
     key: str
-    trainer: TrainerProcess
+    trainer: Trainer
 
 # How often the app reads a live run's new events (only while one trains: idle costs nothing).
 POLL_SECONDS = 0.25
@@ -141,6 +141,10 @@ class MacftApp(App):
         the key otherwise), so a typo is shown where it was typed, not as a failed run."""
         from macft.data.rows import check_source
 
+        holder = runs.trainer_alive(recipe.run_dir)
+        if holder is not None:
+            raise MacftError(f"{recipe.run_dir}: already being trained by "
+                             f"{holder.describe()}; open it from Home to follow it")
         for key in ("train", "valid"):
             path = getattr(recipe.data, key)
             if path:
@@ -164,11 +168,25 @@ class MacftApp(App):
         key = run_key(recipe.run_dir)
         state = self.state_for(recipe.run_dir)
         state.live, state.status, state.error = True, "starting", ""
-        self.live = LiveRun(key, TrainerProcess(recipe))
-        if self._poller is None:
-            self._poller = self.set_interval(POLL_SECONDS, self.poll_live)
+        self._follow(LiveRun(key, TrainerProcess(recipe)))
         self.redraw(state)
         return state
+
+    def attach(self, run_dir: str | Path) -> bool:
+        """Follow (and steer) a run another process trains, when this app trains none."""
+        holder = runs.trainer_alive(run_dir)
+        if self.live is not None or holder is None or holder.host != Trainer.host():
+            return False
+        state = self.state_for(run_dir)
+        state.live = True
+        self._follow(LiveRun(run_key(run_dir), AttachedTrainer(Path(run_dir), holder.pid)))
+        self.notify(f"following {self.show_path(run_dir)}, trained by pid {holder.pid}")
+        return True
+
+    def _follow(self, live: LiveRun) -> None:
+        self.live = live
+        if self._poller is None:
+            self._poller = self.set_interval(POLL_SECONDS, self.poll_live)
 
     def poll_live(self) -> None:
         """Apply the live run's new events; when it has ended, stop polling."""

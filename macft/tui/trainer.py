@@ -59,53 +59,56 @@ def _error_line(text: str, code: int) -> str:
     return lines[-1] if lines else f"the trainer exited with code {code}"
 
 
-class TrainerProcess:
-    """One `macft run` child for one recipe; ``poll()`` returns its new events."""
+class Trainer:
+    """A process training one run folder, signalled by pid, followed through its metrics."""
 
-    def __init__(self, recipe: recipe_mod.Recipe, cwd: Path | None = None):
-        self.run_dir = Path(recipe.run_dir)
-        fd, name = tempfile.mkstemp(prefix="macft-tui-", suffix=".yaml")
-        os.close(fd)
-        self.recipe_file = Path(name)
-        recipe_mod.dump(recipe, self.recipe_file)       # the form's values, saved or not
-        self.tail = MetricsTail(runs.metrics_path(self.run_dir))
-        self.stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "macft", "run", str(self.recipe_file)], cwd=cwd,
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr,
-            start_new_session=True)   # not the terminal's: a hang-up leaves it training
+    pid: int
+    run_dir: Path
+
+    def __init__(self):
         self.paused = self.stopping = self.ended = self.closed = False
         self.step = 0
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+    @staticmethod
+    def host() -> str:
+        """This machine's name, as the run lock writes it (signals reach only pids here)."""
+        import socket
+
+        return socket.gethostname()
+
+    def _exited(self) -> int | None:
+        """The exit code (or -1 when unknown) once the process is gone; None while it runs."""
+        raise NotImplementedError
+
+    def _error(self, code: int) -> str:
+        return f"the trainer (pid {self.pid}) ended without a Finished event (exit {code})"
 
     def poll(self) -> list[ev.Event]:
-        """New events. The run has ``ended`` once the child has exited (its lock and files
+        """New events. The run has ``ended`` once the process has exited (its lock and files
         released); without a Finished or Failed event, a Failed one with its error line
         closes the run."""
-        code = self.proc.poll()
+        code = self._exited()
         events = self.tail.read()
         for e in events:
             self.step = getattr(e, "step", self.step)
             self.closed = self.closed or isinstance(e, (ev.Finished, ev.Failed))
         if code is not None and not self.ended:
             if not self.closed:
-                self.stderr.seek(0)
-                text = self.stderr.read().decode("utf-8", "replace")
-                events.append(ev.Failed(self.step, _error_line(text, code)))
-            self.recipe_file.unlink(missing_ok=True)
+                events.append(ev.Failed(self.step, self._error(code)))
+            self._cleanup()
             self.ended = True
         return events
 
+    def _cleanup(self) -> None:
+        pass
+
     @property
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self._exited() is None
 
     def _signal(self, sig) -> None:
         if self.alive:
-            os.kill(self.proc.pid, sig)
+            os.kill(self.pid, sig)
 
     def pause(self) -> None:
         self._signal(signal.SIGSTOP)
@@ -124,3 +127,49 @@ class TrainerProcess:
 
     def checkpoint(self) -> None:
         self._signal(signal.SIGUSR1)
+
+
+class AttachedTrainer(Trainer):
+    """A trainer this TUI did not start (`macft run` in a shell, or one an earlier TUI left
+    training): the pid comes from the run's lock."""
+
+    def __init__(self, run_dir: Path, pid: int):
+        super().__init__()
+        self.run_dir, self.pid = Path(run_dir), pid
+        self.tail = MetricsTail(runs.metrics_path(self.run_dir))
+
+    def _exited(self) -> int | None:
+        holder = runs.trainer_alive(self.run_dir)
+        return None if holder is not None and holder.pid == self.pid else -1
+
+
+class TrainerProcess(Trainer):
+    """One `macft run` child for one recipe; ``poll()`` returns its new events."""
+
+    def __init__(self, recipe: recipe_mod.Recipe, cwd: Path | None = None):
+        super().__init__()
+        self.run_dir = Path(recipe.run_dir)
+        fd, name = tempfile.mkstemp(prefix="macft-tui-", suffix=".yaml")
+        os.close(fd)
+        self.recipe_file = Path(name)
+        recipe_mod.dump(recipe, self.recipe_file)       # the form's values, saved or not
+        self.tail = MetricsTail(runs.metrics_path(self.run_dir))
+        self.stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "macft", "run", str(self.recipe_file)], cwd=cwd,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr,
+            start_new_session=True)   # not the terminal's: a hang-up leaves it training
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _exited(self) -> int | None:
+        return self.proc.poll()
+
+    def _error(self, code: int) -> str:
+        self.stderr.seek(0)
+        return _error_line(self.stderr.read().decode("utf-8", "replace"), code)
+
+    def _cleanup(self) -> None:
+        self.recipe_file.unlink(missing_ok=True)

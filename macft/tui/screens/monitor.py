@@ -71,8 +71,9 @@ class MonitorScreen(Screen):
         self.query_one("#run-log").border_title = "events"
         self.query_one("#samples").border_title = "latest samples (newest first)"
         self.show_state(self.app.state_for(self.run_dir))
-        if self.state.status == "running" and not self.state.live:
-            self._follow = self.set_interval(1.0, self._reload)  # another process trains it
+        if self.state.status == "running" and not self.state.live and \
+                not self.app.attach(self.run_dir):
+            self._follow = self.set_interval(1.0, self._reload)  # followed, not steered
 
     def _reload(self) -> None:
         state = self.app.state_for(self.run_dir)
