@@ -153,3 +153,49 @@ def test_quit_keeps_the_run_training_and_a_new_tui_reattaches(home):
             os.kill(pid, signal.SIGTERM)
             wait_until(lambda: runs.trainer_alive(run_dir) is None, 120, "the trainer to end")
     assert (run_dir / "checkpoints" / "latest").is_file()
+
+
+def _tmux(sock: str, *args: str) -> str:
+    return subprocess.run(["tmux", "-L", sock, *args], capture_output=True, text=True,
+                          check=True).stdout
+
+
+@pytest.mark.skipif(subprocess.run(["which", "tmux"], capture_output=True).returncode != 0,
+                    reason="tmux is not installed")
+def test_killing_the_terminal_mid_run_leaves_it_training_and_a_reopened_tui_stops_it(home):
+    """tmux kill-session while the TUI trains: the trainer (its own session) carries on;
+    `macft tui runs/long` in a new terminal attaches, and s stops it with a checkpoint."""
+    sock = f"macft-h20-{os.getpid()}"
+    run_dir = home / "runs" / "long"
+    env = f"PYTHONPATH={ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    tui = f"cd {home} && env {env} {sys.executable} -m macft tui"
+    try:
+        _tmux(sock, "new-session", "-d", "-s", "a", "-x", "120", "-y", "36",
+              f"{tui} recipes/long.yaml")
+        wait_until(lambda: "Start run" in _tmux(sock, "capture-pane", "-p", "-t", "a"), 60,
+                   "the recipe form")
+        _tmux(sock, "send-keys", "-t", "a", "C-r")
+        holder = wait_until(lambda: runs.trainer_alive(run_dir), 120, "the trainer's lock")
+        wait_until(lambda: steps(run_dir), 120, "the first step")
+        _tmux(sock, "kill-session", "-t", "a")              # the terminal goes away
+        time.sleep(2.0)
+        before = len(steps(run_dir))
+        assert runs.trainer_alive(run_dir).pid == holder.pid
+        wait_until(lambda: len(steps(run_dir)) > before, 60, "steps after the hang-up")
+        _tmux(sock, "new-session", "-d", "-s", "b", "-x", "120", "-y", "36",
+              f"{tui} runs/long")
+        wait_until(lambda: "● running" in _tmux(sock, "capture-pane", "-p", "-t", "b"), 60,
+                   "the reattached monitor")
+        wait_until(lambda: "s Stop" in _tmux(sock, "capture-pane", "-p", "-t", "b"), 30,
+                   "the Stop key (the run is steered, not only followed)")
+        _tmux(sock, "send-keys", "-t", "b", "s")
+        wait_until(lambda: runs.trainer_alive(run_dir) is None, 120, "the trainer to stop")
+        wait_until(lambda: "● stopped" in _tmux(sock, "capture-pane", "-p", "-t", "b"), 30,
+                   "the stopped monitor")
+    finally:
+        if (h := runs.trainer_alive(run_dir)) is not None:
+            os.kill(h.pid, signal.SIGTERM)
+        subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
+    done = [e for e in ev.read_metrics(runs.metrics_path(run_dir)) if e["event"] == "Finished"]
+    assert [e["reason"] for e in done] == ["stopped"]
+    assert (run_dir / "checkpoints" / "latest").read_text() == f"step-{done[0]['step']:07d}"
