@@ -10,7 +10,7 @@ from pathlib import Path
 
 from macft import env
 from macft.errors import EXIT_SIGINT, MacftError
-from macft.export.targets import DEFAULT_QUANT, TARGETS, quant_names
+from macft.export.targets import APPS, DEFAULT_QUANT, TARGETS, quant_names
 from macft.generation import MAX_TOKENS
 from macft.plan import SAFE_SHARE
 
@@ -79,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("target", help="run folder or model")
     for t in TARGETS.values():
         exp.add_argument(t.flag, metavar=t.metavar, help=t.help)
+    exp.add_argument("--to", nargs=2, metavar=("APP", "DIR"),
+                     help="write the GGUF where an app runs it: " + "; ".join(
+                         f"{a.name}: {a.help}" for a in APPS.values()))
+    exp.add_argument("--force", action="store_true", help="overwrite files that exist")
     exp.add_argument("--quant", default=DEFAULT_QUANT, metavar="TYPE",
                      help=_LazyHelp(lambda: f"{', '.join(quant_names())} "
                                             f"(default {DEFAULT_QUANT})"))
@@ -207,6 +211,8 @@ def stop_on_signals(stop) -> list[int]:
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, on_signal)
+    if hasattr(signal, "SIGUSR1"):      # "checkpoint now" from the TUI (macft.tui.trainer)
+        signal.signal(signal.SIGUSR1, lambda signum, frame: stop.request_checkpoint())
     return received
 
 
@@ -362,7 +368,8 @@ def cmd_export(args) -> int:
     from macft.export.pipeline import export
 
     return export(args.target, gguf=args.gguf, quant=args.quant, adapter_gguf=args.gguf_adapter,
-                  verify=args.verify, verify_text=args.verify_text, say=_console, hf=args.hf)
+                  verify=args.verify, verify_text=args.verify_text, say=_console, hf=args.hf,
+                  to=tuple(args.to) if args.to else None, force=args.force)
 
 
 def cmd_chat(args) -> int:

@@ -28,6 +28,8 @@ class RowReport:
     kept: int = 0                  # tokens that reach training (0 when dropped)
     trained: int = 0               # trained tokens among them
     message: str = ""              # why a row is rejected
+    rejected_ids: tuple[int, ...] = ()   # preference pairs: ids/mask above are the chosen side
+    rejected_mask: tuple[int, ...] = ()
 
     @property
     def tokens(self) -> int:
@@ -52,14 +54,57 @@ class DataReport:
         return [r for r in self.rows if r.status != STATUS_OK]
 
 
+PREFERENCE = "preference"
+
+
+def is_preference(rows) -> bool:
+    """Preference pairs (chosen / rejected answers), which DPO-family objectives train on."""
+    return bool(rows) and {"chosen", "rejected"} <= set(rows[0].data)
+
+
 def inspect_data(path: str, tokenizer, spec: DataSpec, limit: int = 1000) -> DataReport:
     rows = load_rows(path)
-    fmt = spec.format if spec.format != "auto" else detect_format(rows, path)
+    if is_preference(rows):
+        fmt = PREFERENCE
+    else:
+        fmt = spec.format if spec.format != "auto" else detect_format(rows, path)
     report = DataReport(path, fmt, len(rows))
+    inspect = _inspect_pair if fmt == PREFERENCE else _inspect_row
     for row in rows[:limit]:
-        report.rows.append(_inspect_row(row, fmt, tokenizer, spec, path, report.stats))
-    report.prep = compute(rows[:limit], tokenizer, spec)
+        report.rows.append(inspect(row, fmt, tokenizer, spec, path, report.stats))
+    if fmt != PREFERENCE:        # `macft data stats` reads single answers, not pairs
+        report.prep = compute(rows[:limit], tokenizer, spec)
     return report
+
+
+def _add(total: EncodeStats, s: EncodeStats) -> None:
+    for name in ("total", "kept", "truncated", "dropped_overlong", "dropped_no_loss", "tokens",
+                 "trained_tokens"):
+        setattr(total, name, getattr(total, name) + getattr(s, name))
+
+
+def _status(s: EncodeStats) -> str:
+    if s.dropped_overlong:
+        return STATUS_LONG
+    if s.dropped_no_loss:
+        return STATUS_NO_LOSS
+    return STATUS_CUT if s.truncated else STATUS_OK
+
+
+def _inspect_pair(row, fmt: str, tokenizer, spec: DataSpec, path: str, total: EncodeStats):
+    """A pair through the engine's ``encode_pair``/``encode_pairs``: both sides, one status."""
+    from macft.data.preference import encode_pair, encode_pairs
+
+    try:
+        pair = encode_pair(row, tokenizer, spec)
+        one = encode_pairs([row], tokenizer, spec, path)
+    except MacftError as exc:
+        return RowReport(row.line, STATUS_BAD, message=str(exc))
+    _add(total, one.stats)
+    return RowReport(row.line, _status(one.stats), tuple(pair.chosen.ids),
+                     tuple(pair.chosen.mask), one.stats.tokens, one.stats.trained_tokens,
+                     rejected_ids=tuple(pair.rejected.ids),
+                     rejected_mask=tuple(pair.rejected.mask))
 
 
 def _inspect_row(row, fmt: str, tokenizer, spec: DataSpec, path: str, total: EncodeStats):
@@ -68,18 +113,9 @@ def _inspect_row(row, fmt: str, tokenizer, spec: DataSpec, path: str, total: Enc
         one = encode_rows([row], tokenizer, spec, path, fmt)
     except MacftError as exc:
         return RowReport(row.line, STATUS_BAD, message=str(exc))
-    s = one.stats
-    for name in ("total", "kept", "truncated", "dropped_overlong", "dropped_no_loss", "tokens",
-                 "trained_tokens"):
-        setattr(total, name, getattr(total, name) + getattr(s, name))
-    if s.dropped_overlong:
-        status = STATUS_LONG
-    elif s.dropped_no_loss:
-        status = STATUS_NO_LOSS
-    else:
-        status = STATUS_CUT if s.truncated else STATUS_OK
-    return RowReport(row.line, status, tuple(full.ids), tuple(full.mask), s.tokens,
-                     s.trained_tokens)
+    _add(total, one.stats)
+    return RowReport(row.line, _status(one.stats), tuple(full.ids), tuple(full.mask),
+                     one.stats.tokens, one.stats.trained_tokens)
 
 
 def token_pieces(tokenizer, ids) -> list[str]:

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -226,8 +225,19 @@ def adapter_dir(run_dir: str | Path) -> Path:
 
 
 # ----- history (the TUI's monitor and run list) -----------------------------------------------
-# A run whose metrics.jsonl has not changed for this long is no longer trained by anyone.
-STALE_AFTER = 600.0
+
+
+def trainer_alive(run_dir: str | Path):
+    """The lock's holder when a live process trains ``run_dir`` (one on another host counts
+    as live: it cannot be checked from here); None when nobody holds its lock."""
+    import socket
+
+    from macft.lock import pid_alive, read_holder
+
+    holder = read_holder(run_dir)
+    if holder is None:
+        return None
+    return holder if holder.host != socket.gethostname() or pid_alive(holder.pid) else None
 
 def read_history(run_dir: str | Path) -> list[ev.Event]:
     rows = ev.read_metrics(metrics_path(run_dir))
@@ -259,9 +269,8 @@ class RunState:
         state = cls(str(run_dir))
         for event in read_history(run_dir):
             state.apply(event)
-        metrics = metrics_path(run_dir)
-        if state.status == "running" and time.time() - metrics.stat().st_mtime > STALE_AFTER:
-            state.status = "interrupted"  # killed: no process has written to it for a while
+        if state.status == "running" and trainer_alive(run_dir) is None:
+            state.status = "interrupted"   # no live trainer holds its lock: it was killed
         return state
 
     def apply(self, e: ev.Event) -> None:

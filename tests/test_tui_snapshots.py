@@ -1,4 +1,5 @@
-"""SVG snapshots of the main screens at 100x30, compared with reviewed files in snapshots/.
+"""SVG snapshots of the main screens at 120x36 and 80x24, compared with reviewed files in
+snapshots/ (NAME-WxH.svg).
 
 Regenerate after a deliberate change with ``MACFT_UPDATE_SNAPSHOTS=1 pytest
 tests/test_tui_snapshots.py`` and review the SVGs (open them in a browser) before committing.
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import macft  # noqa: F401
-from test_tui_support import SIZE, run, wait_for, write_chat_rows
+from test_tui_support import run, wait_for, write_chat_rows
 from textual.widgets import Input
 
 from macft import recipe as recipe_mod
@@ -22,6 +23,8 @@ from macft.tui.app import MacftApp
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 UPDATE = os.environ.get("MACFT_UPDATE_SNAPSHOTS") == "1"
+SIZES = [(120, 36), (80, 24)]
+sizes = pytest.mark.parametrize("size", SIZES, ids=[f"{w}x{h}" for w, h in SIZES])
 
 
 def normalise(svg: str, root: Path) -> str:
@@ -30,7 +33,8 @@ def normalise(svg: str, root: Path) -> str:
     return svg.replace(str(root.resolve()), "ROOT").replace(str(root), "ROOT")
 
 
-def check(name: str, svg: str, tmp_path: Path) -> None:
+def check(name: str, svg: str, tmp_path: Path, size: tuple[int, int]) -> None:
+    name = f"{name}-{size[0]}x{size[1]}"
     expected = SNAPSHOTS / f"{name}.svg"
     if UPDATE:
         SNAPSHOTS.mkdir(exist_ok=True)
@@ -95,9 +99,9 @@ def project(tmp_path, monkeypatch, tiny_model_dir) -> Path:
     return root
 
 
-async def _shoot(root: Path, prepare) -> str:
+async def _shoot(root: Path, prepare, size: tuple[int, int]) -> str:
     app = MacftApp(root=root)
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=size) as pilot:
         await pilot.pause()
         await prepare(app, pilot)
         for box in app.screen.query(Input):
@@ -106,32 +110,45 @@ async def _shoot(root: Path, prepare) -> str:
         return app.export_screenshot(title="macft")
 
 
-def test_home_snapshot(project, tmp_path):
+@sizes
+def test_home_snapshot(project, tmp_path, size):
     async def prepare(app, pilot):
         pass
 
-    check("home", normalise(run(_shoot(project, prepare)), project), tmp_path)
+    check("home", normalise(run(_shoot(project, prepare, size)), project), tmp_path, size)
 
 
-def test_recipe_snapshot(project, tmp_path):
+@sizes
+def test_recipe_snapshot(project, tmp_path, size):
     async def prepare(app, pilot):
         await pilot.press("enter")  # the first recipe: quickstart
 
-    check("recipe", normalise(run(_shoot(project, prepare)), project), tmp_path)
+    check("recipe", normalise(run(_shoot(project, prepare, size)), project), tmp_path, size)
 
 
-def test_monitor_snapshot(project, tmp_path):
+@sizes
+def test_monitor_snapshot(project, tmp_path, size):
     async def prepare(app, pilot):
         app.open_run(project / "runs" / "demo")
         await pilot.pause()
 
-    check("monitor", normalise(run(_shoot(project, prepare)), project), tmp_path)
+    check("monitor", normalise(run(_shoot(project, prepare, size)), project), tmp_path, size)
 
 
-def test_data_inspector_snapshot(project, tmp_path):
+@sizes
+def test_data_inspector_snapshot(project, tmp_path, size):
     async def prepare(app, pilot):
         app.open_data(recipe_mod.from_dict({"model": "model", "data": {
             "train": "train.jsonl", "max_length": 64}}))
         await wait_for(pilot, lambda: app.screen.report is not None, what="the data report")
 
-    check("data", normalise(run(_shoot(project, prepare)), project), tmp_path)
+    check("data", normalise(run(_shoot(project, prepare, size)), project), tmp_path, size)
+
+
+@sizes
+def test_export_snapshot(project, tmp_path, size):
+    async def prepare(app, pilot):
+        app.open_export(Path("runs") / "demo")      # relative: the same text on every machine
+        await pilot.pause()
+
+    check("export", normalise(run(_shoot(project, prepare, size)), project), tmp_path, size)

@@ -27,12 +27,20 @@ class Row:
         return where(self.source, self.line)
 
 
+def check_source(path: str | Path) -> Path:
+    """The file or folder a data path names; MacftError when it is missing (checked before a
+    run starts, so a typo does not wait for the model to load)."""
+    p, _ = _split_path(str(path))
+    if not p.exists():
+        raise MacftError(f"{path}: file not found")
+    return p
+
+
 def load_rows(path: str | Path) -> list[Row]:
     """All rows of a data set; raises MacftError for a missing, empty or malformed source."""
     src = str(path)
+    check_source(src)
     p, split = _split_path(src)
-    if not p.exists():
-        raise MacftError(f"{src}: file not found")
     if p.is_dir():
         records = _read_saved_dataset(p, split, src)
     elif p.suffix == ".parquet":

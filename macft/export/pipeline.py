@@ -13,20 +13,35 @@ def _name(target: str, loaded) -> str:
     return path.stem if path.suffix == ".gguf" else path.name or "macft"
 
 
+def refuse_overwrite(paths, force: bool) -> None:
+    """One line naming the first file that exists, unless ``force``: export never overwrites
+    a file the person did not say it may."""
+    for path in paths:
+        if path and Path(path).exists() and not force:
+            raise MacftError(f"{path}: exists; pass --force to overwrite it")
+
+
 def export(target: str, gguf: str | None = None, quant: str = "f16",
            adapter_gguf: str | None = None, verify: bool = False, verify_text: str | None = None,
-           say: Callable[[str], None] = print, hf: str | None = None) -> int:
+           say: Callable[[str], None] = print, hf: str | None = None,
+           to: tuple[str, str] | None = None, force: bool = False) -> int:
     """Write the fused model (``gguf``), the LoRA adapter alone (``adapter_gguf``) and/or the
-    fused model as a Hugging Face folder (``hf``): the targets of ``export.targets``."""
+    fused model as a Hugging Face folder (``hf``): the targets of ``export.targets``; ``to``
+    (app, folder) writes the GGUF where an app of ``targets.APPS`` runs it."""
     from macft import finite
     from macft.export import verify as verify_mod
     from macft.export.quant_plan import QUANTS
     from macft.models.load import is_run_dir, load_for_inference
-    from macft.export.targets import TARGETS, fuse_to_folder
+    from macft.export.targets import APPS, TARGETS, fuse_to_folder
 
-    if not gguf and not adapter_gguf and not hf:
+    if not gguf and not adapter_gguf and not hf and not to:
         raise MacftError("export: give " + " and/or ".join(
-            f"{t.flag} {t.metavar}" for t in TARGETS.values()))
+            [f"{t.flag} {t.metavar}" for t in TARGETS.values()] + ["--to APP DIR"]))
+    if to and to[0] not in APPS:
+        raise MacftError(f"export: unknown --to '{to[0]}' (choose from {', '.join(APPS)})")
+    if to and gguf:
+        raise MacftError("export: give --gguf or --to, not both")
+    refuse_overwrite([gguf, adapter_gguf], force)
     if quant not in QUANTS:
         raise MacftError(f"unknown --quant '{quant}' (choose from {', '.join(QUANTS)})")
     if hf and not is_run_dir(target):
@@ -47,12 +62,15 @@ def export(target: str, gguf: str | None = None, quant: str = "f16",
     if hf:
         n, folder = fuse_to_folder(target, hf)
         say(f"fused {n} adapter layers into {folder}")
-        if not gguf and not adapter_gguf:
+        if not gguf and not adapter_gguf and not to:
             return 0
     loaded, _ = load_for_inference(target)
     finite.check(loaded.model.parameters(), target)       # never write a NaN GGUF
     name = _name(target, loaded)
     base_gguf = loaded.source if loaded.kind == "gguf" else None
+    finish = None
+    if to:
+        gguf, finish = APPS[to[0]].prepare(loaded.tokenizer, name, quant, Path(to[1]), force)
 
     if adapter_gguf:
         from macft.export.adapter import write_lora_gguf
@@ -80,6 +98,9 @@ def export(target: str, gguf: str | None = None, quant: str = "f16",
             result = verify_mod.verify_gguf(loaded.model, loaded.tokenizer, written.path,
                                             limit, text)
             _report(say, f"{quant} vs MLX", result)
+    if finish is not None:
+        for line in finish():
+            say(line)
     return 0
 
 

@@ -31,6 +31,27 @@ TARGETS = {t.name: t for t in (
 DEFAULT_QUANT = "f16"
 
 
+@dataclass(frozen=True)
+class App:
+    """A program Mac users run models in: ``macft export RUN --to NAME DIR`` writes the GGUF
+    where it looks, plus what it needs beside it (``export.apps``)."""
+    name: str
+    help: str
+
+    def prepare(self, tokenizer, model_name: str, quant: str, folder: Path, force: bool):
+        """(the GGUF path to write, a callable that writes the rest and returns lines to say)."""
+        from macft.export import apps
+
+        return getattr(apps, self.name)(tokenizer, model_name, quant, folder, force)
+
+
+APPS = {a.name: a for a in (
+    App("ollama", "DIR/NAME.gguf and DIR/Modelfile (the chat template as Ollama's TEMPLATE, "
+                  "its stop tokens); prints the `ollama create` line"),
+    App("lmstudio", "LM Studio's models folder layout: DIR/macft/NAME/NAME-QUANT.gguf"),
+)}
+
+
 def quant_names() -> list[str]:
     from macft.export.quant_plan import QUANTS
 

@@ -1,7 +1,8 @@
-"""The macft Textual app: owns the one training run and routes its events to the screens.
+"""The macft Textual app: starts and follows training runs and routes their events to screens.
 
-Training runs in a thread worker. Its sink (``bridge.UiSink``) only posts ``RunEvents``; this
-app applies them to the run's ``RunState`` in the UI thread and tells the screens to redraw.
+Training runs in a child process (``trainer.TrainerProcess``: `macft run`), never in the UI's
+interpreter; the app reads the events it appends to the run folder's metrics.jsonl, applies them
+to the run's ``RunState`` in the UI thread and tells the screens to redraw.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from textual.screen import Screen
 
 from macft import recipe as recipe_mod, runs, shipped
 from macft.errors import MacftError
-from macft.events import Failed, Finished, StopSignal
 from macft.runs import RunState, display_path, recipe_files, scan_runs
-from macft.tui.bridge import RunEvents, UiSink
+from macft.tui.trainer import AttachedTrainer, Trainer, TrainerProcess
 
 SHIPPED_RECIPES = shipped.RECIPES     # package data: there after a non-editable install too
 
@@ -27,9 +27,10 @@ SHIPPED_RECIPES = shipped.RECIPES     # package data: there after a non-editable
 @dataclass
 class LiveRun:
     key: str
-    stop: StopSignal
-    sink: UiSink
-    worker: object = None
+    trainer: Trainer
+
+# How often the app reads a live run's new events (only while one trains: idle costs nothing).
+POLL_SECONDS = 0.25
 
 
 def run_key(run_dir: str | Path) -> str:
@@ -51,6 +52,8 @@ class MacftApp(App):
         self.recipe_dirs = recipe_dirs or [self.root / "recipes", SHIPPED_RECIPES]
         self.states: dict[str, RunState] = {}
         self.live: LiveRun | None = None
+        self._poller = None
+        self._quit_when_stopped = False
 
     # ----- places ---------------------------------------------------------------------------
     def show_path(self, path: str | Path) -> str:
@@ -132,52 +135,87 @@ class MacftApp(App):
             self.states[key] = state
         return state
 
+    @staticmethod
+    def preflight(recipe: recipe_mod.Recipe) -> None:
+        """What can be checked before a run starts: its data files exist (MacftError naming
+        the key otherwise), so a typo is shown where it was typed, not as a failed run."""
+        from macft.data.rows import check_source
+
+        holder = runs.trainer_alive(recipe.run_dir)
+        if holder is not None:
+            raise MacftError(f"{recipe.run_dir}: already being trained by "
+                             f"{holder.describe()}; open it from Home to follow it")
+        for key in ("train", "valid"):
+            path = getattr(recipe.data, key)
+            if path:
+                try:
+                    check_source(path)
+                except MacftError as exc:
+                    raise MacftError(f"key 'data.{key}': {exc}") from None
+
     def start_training(self, recipe: recipe_mod.Recipe) -> RunState | None:
-        """Train (or resume) ``recipe`` in a thread; None when another run is training."""
+        """Train (or resume) ``recipe`` in a thread; None when another run is training or the
+        recipe cannot start (said in a notification)."""
         if self.live is not None:
             self.notify(f"{self.show_path(self.live.key)} is training; stop it first",
                         severity="error")
             return None
+        try:
+            self.preflight(recipe)
+        except MacftError as exc:
+            self.notify(str(exc), severity="error", timeout=10)
+            return None
         key = run_key(recipe.run_dir)
         state = self.state_for(recipe.run_dir)
         state.live, state.status, state.error = True, "starting", ""
-        stop = StopSignal()
-        sink = UiSink(key, self.post_message)
-        self.live = LiveRun(key, stop, sink)
-        self.live.worker = self.run_worker(partial(self._train, recipe, sink, stop), thread=True,
-                                           group="train", name=f"train {key}",
-                                           exit_on_error=False)
+        self._follow(LiveRun(key, TrainerProcess(recipe)))
         self.redraw(state)
         return state
 
-    @staticmethod
-    def _train(recipe, sink: UiSink, stop: StopSignal) -> None:
-        """The worker thread: the engine's loop with the posting sink, nothing else."""
-        from macft.train.loop import train
+    def attach(self, run_dir: str | Path) -> bool:
+        """Follow (and steer) a run another process trains, when this app trains none."""
+        holder = runs.trainer_alive(run_dir)
+        if self.live is not None or holder is None or holder.host != Trainer.host():
+            return False
+        state = self.state_for(run_dir)
+        state.live = True
+        self._follow(LiveRun(run_key(run_dir), AttachedTrainer(Path(run_dir), holder.pid)))
+        self.notify(f"following {self.show_path(run_dir)}, trained by pid {holder.pid}")
+        return True
 
-        try:
-            train(recipe, [sink], stop)
-        except Exception as exc:  # noqa: BLE001 - reported as a Failed event, shown on screen
-            if not sink.ended:
-                text = str(exc) if isinstance(exc, MacftError) else f"{type(exc).__name__}: {exc}"
-                sink(Failed(0, text.splitlines()[0] if text else type(exc).__name__))
-        sink.flush()
+    def _follow(self, live: LiveRun) -> None:
+        self.live = live
+        if self._poller is None:
+            self._poller = self.set_interval(POLL_SECONDS, self.poll_live)
 
-    def on_run_events(self, message: RunEvents) -> None:
-        state = self.states.get(message.run_dir)
+    def poll_live(self) -> None:
+        """Apply the live run's new events; when it has ended, stop polling."""
+        live = self.live
+        if live is None:
+            self._stop_polling()
+            return
+        events = live.trainer.poll()
+        state = self.states.get(live.key)
         if state is None:
             return
-        for event in message.events:
+        for event in events:
             state.apply(event)
-        live = self.live
-        if live is not None and live.key == message.run_dir:
-            if any(isinstance(e, (Finished, Failed)) for e in message.events):
-                state.live, self.live = False, None
-            elif state.status == "running" and live.stop.stopped:
-                state.status = "stopping"
-            elif state.status == "running" and live.stop.paused:
-                state.status = "paused"
-        self.redraw(state)
+        if live.trainer.ended:
+            state.live, self.live = False, None
+            self._stop_polling()
+            if self._quit_when_stopped:
+                self.exit()
+        elif state.status == "running" and live.trainer.stopping:
+            state.status = "stopping"
+        elif state.status == "running" and live.trainer.paused:
+            state.status = "paused"
+        if events or not state.live:
+            self.redraw(state)
+
+    def _stop_polling(self) -> None:
+        if self._poller is not None:
+            self._poller.stop()
+            self._poller = None
 
     def redraw(self, state: RunState) -> None:
         for screen in self.screen_stack:
@@ -187,13 +225,26 @@ class MacftApp(App):
 
     async def action_quit(self) -> None:
         live = self.live
-        if live is not None:
-            # The loop writes a checkpoint when stopped; wait for it so nothing is lost.
+        if live is None:
+            self.exit()
+            return
+        from macft.tui.screens.confirm import ChoiceScreen
+
+        self.push_screen(ChoiceScreen(
+            f"{self.show_path(live.key)} is training.",
+            [("k", "Keep training in the background", "keep"),
+             ("s", "Stop with a checkpoint", "stop"), ("escape", "Cancel", None)]),
+            self._quit_choice)
+
+    def _quit_choice(self, choice: str | None) -> None:
+        live = self.live
+        if choice == "keep" or (choice == "stop" and live is None):
+            self.exit()
+        elif choice == "stop":
+            # The trainer writes a checkpoint when stopped; quit once it has ended.
             self.notify("stopping the run and saving a checkpoint before quitting")
-            live.stop.stop()
-            if live.worker is not None:
-                await self.workers.wait_for_complete([live.worker])
-        self.exit()
+            live.trainer.stop()
+            self._quit_when_stopped = True
 
     # ----- command palette ------------------------------------------------------------------
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:

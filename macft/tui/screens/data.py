@@ -132,8 +132,13 @@ class DataScreen(Screen):
         if not row.ids:
             box.update(Text(row.message, style="bold red"))
             return
-        pieces = token_pieces(self.tokenizer, row.ids)
-        box.update(render_example(pieces, row.mask, self.recipe.data.max_length))
+        limit = self.recipe.data.max_length
+        shown = render_example(token_pieces(self.tokenizer, row.ids), row.mask, limit)
+        if row.rejected_ids:          # a preference pair: both answers after the same prompt
+            shown = Text.assemble(("chosen\n", "bold"), shown, ("\n\nrejected\n", "bold"),
+                                  render_example(token_pieces(self.tokenizer, row.rejected_ids),
+                                                 row.rejected_mask, limit))
+        box.update(shown)
 
     def action_switch_split(self) -> None:
         self.split = "valid" if self.split == "train" else "train"

@@ -62,16 +62,28 @@ class ExportScreen(Screen):
             button.disabled = busy
 
     def start(self, what: str) -> None:
+        """Write what was asked; a file or folder that exists is overwritten only after a yes."""
+        out = self.query_one("#gguf-out" if what == "gguf" else "#export-out",
+                             Input).value.strip()
+        path = Path(out)
+        if out and path.exists() and (path.is_file() or any(path.iterdir())):
+            from macft.tui.screens.confirm import ConfirmScreen
+
+            self.app.push_screen(ConfirmScreen(f"{out} exists. Overwrite it?", yes="Overwrite",
+                                               no="Cancel"),
+                                 lambda yes: self._write(what, out) if yes else None)
+            return
+        self._write(what, out)
+
+    def _write(self, what: str, out: str) -> None:
         status = self.query_one("#export-status", Static)
         status.set_class(False, "error")
         self._busy(True)
         if what == "gguf":
-            out = self.query_one("#gguf-out", Input).value.strip()
             quant = str(self.query_one("#gguf-quant", Select).value)
             status.update(f"writing {out} ({quant}) …")
             self.write_gguf(out, quant)
         else:
-            out = self.query_one("#export-out", Input).value.strip()
             status.update(f"fusing into {out} …")
             self.fuse(out)
 
@@ -101,7 +113,7 @@ class ExportScreen(Screen):
             self.post_message(self.Progress(line))
 
         try:
-            export(str(self.run_dir), gguf=out, quant=quant, say=say)
+            export(str(self.run_dir), gguf=out, quant=quant, say=say, force=True)  # asked
         except Exception as exc:  # noqa: BLE001 - shown on the screen
             self._failed(exc)
             return

@@ -10,7 +10,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label, Static
 
-from macft import recipe as recipe_mod
+from macft import recipe as recipe_mod, runs as runs_mod
 from macft.errors import MacftError
 
 STATUS_STYLE = {"running": "bold green", "finished": "cyan", "stopped": "yellow",
@@ -23,7 +23,7 @@ class HomeScreen(Screen):
         Binding("d", "inspect", "Inspect data"),
         Binding("t", "compare", "Compare"),
         Binding("e", "export", "Export"),
-        Binding("g", "reload", "Refresh"),
+        Binding("g", "reload", "Refresh", show=False),   # 80 columns keep Quit
     ]
 
     def compose(self) -> ComposeResult:
@@ -48,6 +48,21 @@ class HomeScreen(Screen):
         self.action_reload()
 
     def action_reload(self) -> None:
+        """Fill both tables again, each cursor staying on the row it was on (by its key)."""
+        kept = {t.id: self._cursor_key(t) for t in self.query(DataTable)}
+        self._fill()
+        for table in self.query(DataTable):
+            keys = [row.key.value for row in table.ordered_rows]
+            if kept.get(table.id) in keys:
+                table.move_cursor(row=keys.index(kept[table.id]), animate=False)
+
+    @staticmethod
+    def _cursor_key(table: DataTable) -> str | None:
+        if not table.row_count:
+            return None
+        return table.coordinate_to_cell_key(table.cursor_coordinate)[0].value
+
+    def _fill(self) -> None:
         app = self.app
         recipes = self.query_one("#recipes", DataTable)
         recipes.clear()
@@ -75,31 +90,60 @@ class HomeScreen(Screen):
         else:
             self.app.open_run(path)
 
-    def _selected(self, table_id: str) -> Path | None:
-        table = self.query_one(f"#{table_id}", DataTable)
-        if not table.row_count:
-            self.notify(f"no {table_id} yet", severity="warning")
+    def _focused(self) -> tuple[str, Path] | None:
+        """(table id, path) of the cursor row of the focused table (the recipes when neither
+        has focus)."""
+        table = self.focused if isinstance(self.focused, DataTable) else \
+            self.query_one("#recipes", DataTable)
+        key = self._cursor_key(table)
+        if key is None:
+            self.notify(f"no {table.id} yet", severity="warning")
             return None
-        key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
-        return Path(key.value)
+        return table.id, Path(key)
+
+    def _run_of(self) -> Path | None:
+        """The focused run, or the run folder of the focused recipe when it has one."""
+        picked = self._focused()
+        if picked is None:
+            return None
+        table, path = picked
+        if table == "runs":
+            return path
+        try:
+            run_dir = recipe_mod.load(path).run_dir
+        except MacftError as exc:
+            self.notify(str(exc), severity="error")
+            return None
+        if not runs_mod.is_run_dir(run_dir):
+            self.notify(f"{path.stem} has no run yet ({self.app.show_path(run_dir)}); "
+                        "start it first", severity="warning")
+            return None
+        return run_dir
 
     def action_new_recipe(self) -> None:
         self.app.open_recipe(None)
 
     def action_inspect(self) -> None:
-        path = self._selected("recipes")
-        if path is not None:
-            try:
-                self.app.open_data(recipe_mod.load(path))
-            except MacftError as exc:
-                self.notify(str(exc), severity="error")
+        picked = self._focused()
+        if picked is None:
+            return
+        table, path = picked
+        try:
+            if table == "runs":           # the run's own copy of its recipe
+                recipe = recipe_mod.load(runs_mod.recipe_path(path), [f"output={path}"])
+            else:
+                recipe = recipe_mod.load(path)
+        except MacftError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.app.open_data(recipe)
 
     def action_compare(self) -> None:
-        path = self._selected("runs")
+        path = self._run_of()
         if path is not None:
             self.app.open_compare(path)
 
     def action_export(self) -> None:
-        path = self._selected("runs")
+        path = self._run_of()
         if path is not None:
             self.app.open_export(path)

@@ -69,10 +69,11 @@ class MonitorScreen(Screen):
     def on_mount(self) -> None:
         self.query_one("#chart").border_title = "loss  [#5fafd7]█ train[/]  [#ffaf00]● val[/]"
         self.query_one("#run-log").border_title = "events"
-        self.query_one("#samples").border_title = "latest samples"
+        self.query_one("#samples").border_title = "latest samples (newest first)"
         self.show_state(self.app.state_for(self.run_dir))
-        if self.state.status == "running" and not self.state.live:
-            self._follow = self.set_interval(1.0, self._reload)  # another process trains it
+        if self.state.status == "running" and not self.state.live and \
+                not self.app.attach(self.run_dir):
+            self._follow = self.set_interval(1.0, self._reload)  # followed, not steered
 
     def _reload(self) -> None:
         state = self.app.state_for(self.run_dir)
@@ -92,14 +93,18 @@ class MonitorScreen(Screen):
         status.append(f"   step {state.step}/{state.total_steps}")
         if state.last is not None:
             status.append(f"   epoch {state.last.epoch:.2f}")
+            if state.status != "finished":   # on the first line, so 80 columns still show it
+                status.append(f"   ETA {clock(state.last.eta)}")
         self.query_one("#run-status", Static).update(status)
+        # An unknown total draws ProgressBar's animated stripes: only while a run is starting.
+        if total is None and state.status not in ("starting", "running"):
+            total = max(state.step, 1)
         self.query_one("#run-progress", ProgressBar).update(total=total, progress=state.step)
         self.query_one("#chart", LossChart).update_points(state.losses, state.evals,
                                                          state.total_steps)
         self.query_one("#run-stats", Static).update(self._stats(state))
         self.query_one("#lr", Sparkline).data = state.learning_rates[-200:]
-        log = state.log[-6:] + ([f"[b red]{state.error}[/]"] if state.error else [])
-        self.query_one("#run-log", Static).update("\n".join(log))
+        self.query_one("#run-log", Static).update(self._log(state))
         self.query_one("#samples", Static).update(self._samples(state))
         keys = (state.status, state.live)
         if keys != self._keys:  # the footer redraws itself on this: not on every step
@@ -115,10 +120,19 @@ class MonitorScreen(Screen):
         best = f"{state.best_val:.4f}" if state.best_val is not None else "-"
         extra = "".join(f"   {k} {v:.3f}" for k, v in getattr(s, "metrics", {}).items()
                         if isinstance(v, (int, float)))  # objective-specific, e.g. accuracy
-        return (f"loss {s.loss:.4f}   val {val}   best val {best}{extra}\n"
-                f"lr {s.learning_rate:.2e}   {s.tokens_per_sec:,.0f} tok/s   "
-                f"peak memory {s.peak_memory_gb:.2f} GB\n"
-                f"elapsed {clock(s.elapsed)}   ETA {clock(s.eta)}")
+        return (f"loss {s.loss:.4f}  val {val}  best {best}{extra}\n"
+                f"lr {s.learning_rate:.2e}  {s.tokens_per_sec:,.0f} tok/s  "
+                f"mem {s.peak_memory_gb:.2f} GB\n"
+                f"elapsed {clock(s.elapsed)}")
+
+    @staticmethod
+    def _log(state: RunState) -> Text:
+        """The last events, the failure among them in red (once: it is one of the events)."""
+        out = Text()
+        for i, line in enumerate(state.log[-6:]):
+            failed = bool(state.error) and line.startswith("failed at step")
+            out.append(("\n" if i else "") + line, style="bold red" if failed else "")
+        return out
 
     @staticmethod
     def _samples(state: RunState) -> Text:
@@ -126,7 +140,7 @@ class MonitorScreen(Screen):
             return Text("none yet (set train.sample_every and train.sample_prompts)",
                         style="dim")
         out = Text()
-        for sample in state.samples[-2:]:
+        for sample in reversed(state.samples[-2:]):      # the newest first
             answer = " ".join(sample.text.split())[:200]
             out.append(f"step {sample.step} ", style="dim")
             out.append(f"{sample.prompt[:60]} → ", style="bold")
@@ -137,30 +151,33 @@ class MonitorScreen(Screen):
     def check_action(self, action: str, parameters) -> bool | None:
         state, live = self.state, self.app.live
         mine = live is not None and live.key == self.key
-        if action in ("pause", "stop", "checkpoint"):
-            return True if mine else None
+        if action in ("pause", "stop"):              # hidden: they need a live run here
+            return True if mine else False
+        if action == "checkpoint":                   # once the trainer listens for it
+            return True if mine and state is not None and state.status in (
+                "running", "paused") else False
         if action == "resume":
             return True if state is not None and state.resumable else None
         return True
 
     def action_pause(self) -> None:
-        live, state = self.app.live, self.state
-        if live.stop.paused:
-            live.stop.resume()
+        trainer, state = self.app.live.trainer, self.state
+        if trainer.paused:
+            trainer.resume()
             state.status = "running"
         else:
-            live.stop.pause()
+            trainer.pause()
             state.status = "paused"
         self.show_state(state)
 
     def action_stop(self) -> None:
-        self.app.live.stop.stop()
+        self.app.live.trainer.stop()
         self.state.status = "stopping"
         self.notify("stopping after this step; a checkpoint will be written")
         self.show_state(self.state)
 
     def action_checkpoint(self) -> None:
-        self.app.live.stop.request_checkpoint()
+        self.app.live.trainer.checkpoint()
         self.notify("a checkpoint will be written after this step")
 
     def action_resume(self) -> None:

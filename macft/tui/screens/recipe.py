@@ -11,7 +11,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, Select, Static
 
-from macft import recipe as recipe_mod
+from macft import recipe as recipe_mod, recipe_edit
 from macft.errors import MacftError
 from macft.recipe_form import FormField, form_fields, from_text, recipe_values, to_text, \
     values_to_recipe
@@ -26,7 +26,7 @@ class RecipeScreen(Screen):
         Binding("ctrl+s", "save", "Save", priority=True),
         Binding("ctrl+r", "start", "Start run", priority=True),
         Binding("ctrl+d", "inspect", "Inspect data", priority=True),
-        Binding("escape", "app.pop_screen", "Back"),
+        Binding("escape", "back", "Back"),
     ]
 
     def __init__(self, recipe: recipe_mod.Recipe, path: Path | None = None):
@@ -37,6 +37,7 @@ class RecipeScreen(Screen):
         self.fields = sorted(form_fields(), key=lambda f: f.section != "")
         self.by_id = {field_id(f.key): f for f in self.fields}
         self._suggested = ""
+        self._saved: dict = {}          # the editors' values as last loaded or saved
 
     @property
     def src(self) -> str:
@@ -87,6 +88,12 @@ class RecipeScreen(Screen):
 
     def on_mount(self) -> None:
         self.query_one(f"#{field_id(self.fields[0].key)}").focus()
+        self._saved = self.values()
+
+    @property
+    def unsaved(self) -> dict:
+        """The options edited since the file was opened or saved: what saving writes."""
+        return recipe_edit.changed(self._saved, self.values())
 
     @on(Input.Changed, "#opt-name")
     def _name_changed(self, event: Input.Changed) -> None:
@@ -116,16 +123,18 @@ class RecipeScreen(Screen):
         widget.value = to_text(value) if isinstance(widget, Input) else value
 
     def validated(self) -> recipe_mod.Recipe | None:
-        error = self.query_one("#form-error", Static)
         try:
             recipe = values_to_recipe(self.values(), self.src)
         except MacftError as exc:
-            error.update(str(exc))
-            error.add_class("shown")
+            self.show_error(str(exc))
             return None
-        error.update("")
-        error.remove_class("shown")
+        self.show_error("")
         return recipe
+
+    def show_error(self, text: str) -> None:
+        error = self.query_one("#form-error", Static)
+        error.update(text)
+        error.set_class(bool(text), "shown")
 
     # ----- actions ----------------------------------------------------------------------------
     def action_save(self) -> None:
@@ -136,16 +145,51 @@ class RecipeScreen(Screen):
                       f"recipes/{recipe.name}.yaml")
         if not target.is_absolute():
             target = self.app.root / target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        recipe_mod.dump(recipe, target)
+        own = self.path is not None and target.resolve() == Path(self.path).resolve()
+        if target.exists() and not own:
+            from macft.tui.screens.confirm import ConfirmScreen
+
+            self.app.push_screen(
+                ConfirmScreen(f"{self.app.show_path(target)} exists. Overwrite it?",
+                              yes="Overwrite", no="Cancel"),
+                lambda yes: self._save(recipe, target) if yes else None)
+            return
+        self._save(recipe, target)
+
+    def _save(self, recipe: recipe_mod.Recipe, target: Path) -> None:
+        """Write only the changed keys into the opened file's text (comments and order kept);
+        a new recipe starts from a `macft run` comment line."""
         shown = self.app.show_path(target)
-        target.write_text(f"# macft run {shown}\n" + target.read_text())
+        try:
+            recipe_edit.save(self.path, target, self.unsaved, header=f"macft run {shown}")
+        except (MacftError, OSError) as exc:
+            self.notify(str(exc), severity="error")
+            return
         self.path, self.recipe = target, recipe
+        self._saved = self.values()
         self.notify(f"saved {shown}")
+
+    def action_back(self) -> None:
+        if not self.unsaved:
+            self.app.pop_screen()
+            return
+        from macft.tui.screens.confirm import ConfirmScreen
+
+        keys = ", ".join(self.unsaved)
+        self.app.push_screen(ConfirmScreen(f"Discard the unsaved changes ({keys})?",
+                                           yes="Discard", no="Keep editing"),
+                             lambda yes: self.app.pop_screen() if yes else None)
 
     def action_start(self) -> None:
         recipe = self.validated()
-        if recipe is not None and self.app.start_training(recipe) is not None:
+        if recipe is None:
+            return
+        try:
+            self.app.preflight(recipe)
+        except MacftError as exc:          # on the form, where it can be fixed
+            self.show_error(f"{self.src}: {exc}")
+            return
+        if self.app.start_training(recipe) is not None:
             self.app.open_run(recipe.run_dir)
 
     def action_inspect(self) -> None:
