@@ -115,8 +115,21 @@ class Failed(Event):
     error: str
 
 
+@dataclass(frozen=True)
+class Progress(Event):
+    """A long preparation before the first step (e.g. DPO's reference log-probs), so the run
+    does not look hung: ``done`` of ``total`` items."""
+
+    task: str
+    done: int
+    total: int
+
+    def line(self) -> str:
+        return f"{self.task} {self.done}/{self.total}"
+
+
 EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, KernelCheck, Step, Eval, Sample,
-                                             Checkpoint, Finished, Failed)}
+                                             Checkpoint, Finished, Failed, Progress)}
 
 
 def event_from_json(row: dict) -> Event | None:
@@ -248,6 +261,11 @@ class ConsoleProgress:
                 self._newline(f"resuming at step {event.start_step} of {event.total_steps}")
         elif isinstance(event, KernelCheck):
             self._newline(event.line())
+        elif isinstance(event, Progress):
+            now = time.monotonic()
+            if self.tty or event.done == event.total or now - self._last_line_time >= 5.0:
+                self._last_line_time = now
+                (self._newline if event.done == event.total else self._line)(event.line())
         elif isinstance(event, Step):
             now = time.monotonic()
             last = event.step == event.total_steps

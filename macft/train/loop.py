@@ -124,6 +124,7 @@ class Trainer:
         self.scope.own_caches(self.model)
         self.tokenizer = self.loaded.tokenizer
         self.objective = objectives.create(r, self.world)
+        self.objective.emit = self.emit
         self.data = self.objective.load_data(self.tokenizer)
         if self.world.active and self.data.train.batch_size < self.world.size:
             raise MacftError(f"train.batch_size ({self.data.train.batch_size}) is smaller than "
