@@ -484,10 +484,23 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - one line unless --debug
         if debug:
             raise
+        written = _unwritable(exc)
+        if written:
+            print(f"macft: error: {written}", file=sys.stderr)
+            return 2
         first = str(exc).splitlines()[0] if str(exc) else ""
         print(f"macft: error: {type(exc).__name__}: {first} (run with --debug for the "
               f"traceback)", file=sys.stderr)
         return 1
+
+
+def _unwritable(exc: Exception) -> str:
+    """A full disk or read-only folder that no writer named (an OSError with its file)."""
+    from macft.write_errors import translate
+
+    name = getattr(exc, "filename", None)
+    error = translate(exc, name) if isinstance(exc, OSError) and name else None
+    return str(error) if error else ""
 
 
 if __name__ == "__main__":

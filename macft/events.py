@@ -196,7 +196,9 @@ class MetricsFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, event: Event) -> None:
-        with self.path.open("a") as fh:
+        from macft.write_errors import reported
+
+        with reported(self.path), self.path.open("a") as fh:
             fh.write(json.dumps(event.to_json()) + "\n")
             fh.flush()
             os.fsync(fh.fileno())

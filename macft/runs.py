@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from macft import events as ev
+from macft import events as ev, write_errors
 from macft.errors import MacftError
 
 RECIPE = "recipe.yaml"
@@ -48,6 +48,11 @@ def atomic_path(path: str | Path):
         if tmp.is_dir() and path.is_dir():
             shutil.rmtree(path)
         os.replace(tmp, path)
+    except (OSError, RuntimeError, write_errors.WriteError) as exc:  # disk full, read-only
+        error = write_errors.translate(exc, path)
+        if error is None:
+            raise
+        raise error from exc
     finally:
         _remove(tmp)
 
