@@ -245,3 +245,157 @@ def test_fuse_simulated_disk_full_leaves_no_half_folder(work, tmp_path, monkeypa
     assert not target.exists() and temp_files(tmp_path) == []
     monkeypatch.undo()
     assert main(["fuse", str(run), "--out", str(target)]) == 0
+
+
+# --- cases that already held (issue 18, top): each kept by a test -------------------------------
+
+def _rows(path: Path, text: str):
+    from macft.data import load_rows
+
+    path.write_text(text)
+    with pytest.raises(MacftError) as exc:
+        load_rows(path)
+    return str(exc.value)
+
+
+def test_a_csv_file_is_one_line_naming_the_first_line(tmp_path):
+    path = tmp_path / "train.csv"
+    assert _rows(path, "prompt,completion\nhi,yo\n").startswith(f"{path}:1: invalid JSON")
+
+
+def test_a_mixed_file_names_the_row_of_the_other_format(tmp_path, tiny_tokenizer):
+    from macft.data import encode_rows, load_rows
+
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "a"},
+                                             {"role": "assistant", "content": "b"}]}) + "\n"
+                    + json.dumps({"prompt": "a", "completion": "b"}) + "\n")
+    with pytest.raises(MacftError) as exc:
+        encode_rows(load_rows(path), tiny_tokenizer, recipe_mod.DataSpec(), path)
+    assert str(exc.value) == f"{path}:2: missing key 'messages'"
+
+
+def test_a_corrupt_save_to_disk_folder_is_one_line(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from macft.data import load_rows
+
+    folder = tmp_path / "saved"
+    datasets.Dataset.from_list([{"text": f"row {i}"} for i in range(20)]).save_to_disk(folder)
+    for arrow in folder.glob("*.arrow"):
+        arrow.write_bytes(arrow.read_bytes()[:40])
+    with pytest.raises(MacftError) as exc:
+        load_rows(folder)
+    assert str(exc.value).startswith(str(folder)) and "\n" not in str(exc.value)
+
+
+def test_a_yaml_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("train:\n  steps: 3\n  seed: [1, 2\n")
+    with pytest.raises(MacftError) as exc:
+        recipe_mod.load(path)
+    assert str(exc.value).startswith(f"{path}:4: ") and "\n" not in str(exc.value)
+
+
+def test_an_empty_recipe_is_one_line(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("# nothing\n")
+    with pytest.raises(MacftError) as exc:
+        recipe_mod.load(path)
+    assert str(exc.value) == f"{path}: recipe file is empty"
+
+
+def test_a_python_object_tag_is_refused_and_never_built(tmp_path):
+    marker = tmp_path / "MARKER"
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: !!python/object/apply:pathlib.Path.touch ['{marker}']\n")
+    with pytest.raises(MacftError) as exc:
+        recipe_mod.load(path)
+    assert str(exc.value).startswith(f"{path}:1: ") and "python/object" in str(exc.value)
+    assert not marker.exists()
+
+
+def test_a_pickle_only_model_folder_is_refused(tmp_path, capsys):
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")     # a pickle stream
+    code = main(["generate", str(folder), "--prompt", "hi"])
+    line = one_line(capsys.readouterr().err)
+    assert code == 2 and line.startswith(f"{folder}: ") and "safetensors" in line
+
+
+def test_a_malicious_chat_template_hits_the_sandbox(tmp_path, tiny_tokenizer):
+    from copy import deepcopy
+
+    from macft.data import encode_rows, load_rows
+
+    tok = deepcopy(tiny_tokenizer)
+    tok.chat_template = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "a"},
+                                             {"role": "assistant", "content": "b"}]}) + "\n")
+    with pytest.raises(MacftError) as exc:
+        encode_rows(load_rows(path), tok, recipe_mod.DataSpec(), path)
+    assert str(exc.value).startswith(f"{path}:1: the chat template failed: ")
+    assert "unsafe" in str(exc.value)
+
+
+@pytest.mark.slow
+def test_three_hundred_gguf_header_mutations_end_in_one_line(tmp_path):
+    import numpy as np
+
+    from macft.gguf.reader import load_gguf
+    from test_gguf_import import tiny_model, write_gguf
+
+    model, cfg = tiny_model()
+    write_gguf(tmp_path / "good.gguf", model, cfg)
+    data = bytearray((tmp_path / "good.gguf").read_bytes())
+    header_end = 2048          # magic, counts, the first metadata keys and their values
+    rng = np.random.default_rng(18)
+    bad = tmp_path / "bad.gguf"
+    refused = 0
+    for _ in range(300):   # about 35 s on 2 loaded cores
+        mutated = bytearray(data)
+        for pos in rng.integers(0, header_end, 3):
+            mutated[pos] = int(rng.integers(0, 256))
+        bad.write_bytes(bytes(mutated))
+        try:
+            load_gguf(bad)
+        except MacftError as exc:
+            assert "\n" not in str(exc) and bad.name in str(exc), str(exc)
+            refused += 1
+    assert refused > 30     # most mutations of a header break it; none may escape as a crash
+
+
+def test_generate_without_any_network(tiny_model_dir):
+    if not shutil.which("unshare"):
+        pytest.skip("no unshare command")
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, text=True)
+    if probe.returncode:
+        pytest.skip(f"cannot make a network namespace here ({probe.stderr.strip()})")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("HF_HUB_OFFLINE", None)
+    done = subprocess.run(["unshare", "-n", sys.executable, "-m", "macft", "generate",
+                           str(tiny_model_dir), "--prompt", "hi", "--max-tokens", "3"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# --- the battery ----------------------------------------------------------------------------------
+
+# Cases issue 18's other half (the run lock, checkpoint fallback) makes hold; until it is merged
+# the battery reports them as they are.
+PENDING_ELSEWHERE = {"corrupt latest checkpoint", "two trainers on one run folder"}
+
+
+@pytest.mark.slow
+def test_the_fault_battery_loses_nothing(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "fault_battery.py"),
+                           "--kills", "2", "--keep", str(tmp_path / "battery")],
+                          capture_output=True, text=True, timeout=1500)
+    rows = [line.split(" | ") for line in done.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith(("| case", "| ---"))]
+    assert len(rows) >= 14, done.stdout + done.stderr
+    lost = [r for r in rows if r[-1].rstrip(" |") == "yes" and r[0][2:] not in PENDING_ELSEWHERE]
+    assert lost == [], done.stdout
