@@ -346,3 +346,56 @@ def test_dpo_reference_pass_reports_progress(tmp_path):
     done = [(e.done, e.total) for e in sink.of(Progress)]
     assert done == [(4, 13), (8, 13), (10, 13), (13, 13)]     # train batches, then valid
     assert "reference log-probs 13/13" in text.getvalue().splitlines()
+
+
+RUNAWAY = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"
+SILENT = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+
+
+@pytest.mark.parametrize("template", [RUNAWAY, SILENT])
+def test_a_runaway_template_stops_in_one_line_while_encoding(tmp_path, tiny_tokenizer,
+                                                             monkeypatch, template):
+    import time
+    from copy import deepcopy
+
+    from macft.data import encode_rows, load_rows
+    from macft.models import template_guard
+
+    monkeypatch.setattr(template_guard, "LIMIT_SECONDS", 1.0)
+    tok = deepcopy(tiny_tokenizer)
+    tok.chat_template = template
+    path = chat_rows(tmp_path / "d.jsonl", [[("user", "hi"), ("assistant", "yo")]])
+    start = time.monotonic()
+    with pytest.raises(MacftError) as exc:
+        encode_rows(load_rows(path), tok, recipe_mod.DataSpec(), path)
+    assert time.monotonic() - start < 30
+    assert str(exc.value) == (f"{path}:1: the chat template failed: stopped after 1 s of "
+                              "rendering (runaway loops in the template?)")
+
+
+def test_a_runaway_template_cannot_hang_generate(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    from macft.models import template_guard
+
+    monkeypatch.setattr(template_guard, "LIMIT_SECONDS", 1.0)
+    folder = tmp_path / "slow"
+    shutil.copytree(tiny_model_dir, folder)
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps(dict(cfg, chat_template=RUNAWAY)))
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    code, err = run_main(capsys, ["generate", str(folder), "--prompt", "hi"])
+    assert code == 2
+    assert one_line(err) == ("the chat template failed: stopped after 1 s of rendering "
+                             "(runaway loops in the template?)")
+
+
+def test_an_ordinary_template_renders_as_before(tiny_tokenizer):
+    from copy import deepcopy
+
+    from macft.models import template_guard
+
+    plain = deepcopy(tiny_tokenizer)
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    want = plain.apply_chat_template(messages, tokenize=False)
+    template_guard.guard(plain)
+    assert plain.apply_chat_template(messages, tokenize=False) == want
+    assert want.startswith("<|im_start|>user\nhi<|im_end|>")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from macft.errors import MacftError, where
+from macft.models.template_guard import guard
 from macft.recipe import DataSpec
 
 FORMATS = ("chat", "completions", "text")
@@ -322,6 +323,7 @@ def _has_template(tok) -> bool:
 
 
 def _render(tok, messages: list[dict], generation: bool, row) -> str:
+    guard(tok)      # a template with runaway loops stops after a time limit, in one line
     try:
         # A row's "enable_thinking" reaches templates with a thinking switch (Qwen3): off, the
         # empty <think></think> belongs to the prompt, so it is not trained.
