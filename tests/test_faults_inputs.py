@@ -128,6 +128,8 @@ def test_the_tui_form_reports_the_same_bound():
     from macft import recipe_form
 
     field = next(f for f in recipe_form.form_fields() if f.key == "train.weight_decay")
+    assert field.bounds is recipe_mod.bounds_of("train.weight_decay")
+    assert field.bounds.describe() == ">= 0"
     values = {"train.weight_decay": recipe_form.from_text("-1", field)}
     with pytest.raises(MacftError) as exc:
         recipe_form.values_to_recipe(values, "<new recipe>")
