@@ -430,12 +430,18 @@ def cmd_tui(args) -> int:
 def _flag_bounds() -> dict:
     """The range of each numeric flag, per command (a flag that sets a recipe option has that
     option's range, from its field in ``recipe.py``)."""
-    from macft.recipe import AT_LEAST_0, AT_LEAST_1, bounds_of
+    from macft.recipe import AT_LEAST_0, AT_LEAST_1, SEED, Bounds, bounds_of
 
     answers = {"--max-tokens": bounds_of("eval.max_tokens"),
                "--batch-size": bounds_of("eval.batch_size"), "--limit": AT_LEAST_0}
+    fraction = Bounds(ge=0, le=1)
+    data = {"--near": fraction, "--semantic": Bounds(ge=-1, le=1), "--min-chars": AT_LEAST_0,
+            "--max-chars": AT_LEAST_0, "--max-tokens": AT_LEAST_0,
+            "--max-length": bounds_of("data.max_length"), "--valid": Bounds(ge=0, lt=1),
+            "--test": Bounds(ge=0, lt=1), "--seed": SEED}
     return {"eval": answers, "compare": answers, "generate": {"--max-tokens": AT_LEAST_1},
-            "chat": {"--max-tokens": AT_LEAST_1, "--temp": AT_LEAST_0, "--ctx": AT_LEAST_1}}
+            "chat": {"--max-tokens": AT_LEAST_1, "--temp": AT_LEAST_0, "--ctx": AT_LEAST_1},
+            "data": data}
 
 
 def check_flags(args) -> None:
