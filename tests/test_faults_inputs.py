@@ -148,7 +148,8 @@ def test_the_tui_form_reports_the_same_bound():
     (["chat", "nowhere.gguf", "--temp", "-0.5"], "--temp must be >= 0, got -0.5"),
     (["data", "split", "x.jsonl", "--out", "o", "--valid", "1.5"],
      "--valid must be in [0, 1), got 1.5"),
-    (["data", "clean", "x.jsonl", "--out", "o", "--near", "-1"], "--near must be in [0, 1], got -1"),
+    (["data", "clean", "x.jsonl", "--out", "o", "--near", "-1"],
+     "--near must be in [0, 1], got -1"),
     (["data", "stats", "x.jsonl", "--max-length", "0"], "--max-length must be >= 1, got 0"),
 ])
 def test_numeric_flags_are_checked_before_anything_loads(capsys, args, message):
