@@ -406,3 +406,25 @@ def test_an_ordinary_template_renders_as_before(tiny_tokenizer):
     template_guard.guard(plain)
     assert plain.apply_chat_template(messages, tokenize=False) == want
     assert want.startswith("<|im_start|>user\nhi<|im_end|>")
+
+
+def test_resuming_a_run_whose_base_moved_never_goes_to_the_hub(tmp_path, tiny_model_dir,
+                                                               monkeypatch, capsys, no_dns):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    shutil.copytree(tiny_model_dir, tmp_path / "m" / "tiny")
+    data = chat_rows(tmp_path / "d.jsonl", [[("user", "hi"), ("assistant", "yo")]] * 4)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: m/tiny\nlora: {{rank: 2}}\ndata:\n  train: {data}\n"
+                      "train:\n  steps: 4\n  save_every: 2\n  batch_size: 2\noutput: run\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MACFT_DEBUG_KILL_AFTER_STEP="3")
+    killed = subprocess.run([sys.executable, "-m", "macft", "run", str(recipe)], env=env,
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert killed.returncode == -9, killed.stderr
+    (tmp_path / "m").rename(tmp_path / "moved")
+    code, err = run_main(capsys, ["run", "run"])
+    assert code == 2
+    assert one_line(err) == ("m/tiny: the run's base model is neither a folder here nor in the "
+                             "local Hugging Face cache (moved or deleted?)")
+    assert no_dns == []

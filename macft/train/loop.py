@@ -119,7 +119,7 @@ class Trainer:
         self.kernel_checks = verify.for_run(r.kernels)     # device kernels: checked, cached
         if self.loaded is None:
             self.loaded = load_base(r.model.path, r.model.revision, r.model.dtype,
-                                    r.model.chat_template)
+                                    r.model.chat_template, local_only=ckpt is not None)
         self.model = self.loaded.model
         self.scope.own_caches(self.model)
         self.tokenizer = self.loaded.tokenizer
