@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -37,6 +38,8 @@ class Bounds:
     def allows(self, value) -> bool:
         if value in self.also:
             return True
+        if isinstance(value, float) and not math.isfinite(value):
+            return False        # nan passes every comparison; no option means infinity
         return not ((self.ge is not None and value < self.ge)
                     or (self.gt is not None and value <= self.gt)
                     or (self.le is not None and value > self.le)

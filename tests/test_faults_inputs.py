@@ -67,6 +67,8 @@ BAD = [
     ("preference.label_smoothing=0.5",
      "key 'preference.label_smoothing' must be in [0, 0.5), got 0.5"),
     ("eval.max_tokens=0", "key 'eval.max_tokens' must be >= 1, got 0"),
+    ("train.learning_rate=.nan", "key 'train.learning_rate' must be > 0, got nan"),
+    ("train.max_grad_norm=.inf", "key 'train.max_grad_norm' must be >= 0, got inf"),
 ]
 
 
