@@ -133,9 +133,9 @@ class _LazyHelp(str):
 
 def options_table(markdown: bool) -> list[str]:
     """Every recipe option with its type, default and help, straight from the dataclasses."""
-    from macft.recipe import describe
+    from macft.recipe import bounds_of, describe
 
-    rows = describe()
+    rows = [(k, t, d, _with_range(h, bounds_of(k))) for k, t, d, h in describe()]
     if markdown:
         out = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
         for key, tname, default, text in rows:
@@ -144,6 +144,10 @@ def options_table(markdown: bool) -> list[str]:
         return out
     width = max(len(k) for k, *_ in rows)
     return [f"{k.ljust(width)}  {d!r:>24}  {h}" for k, t, d, h in rows]
+
+
+def _with_range(text: str, bounds) -> str:
+    return f"{text} Allowed: {bounds.describe()}." if bounds else text
 
 
 def cmd_options(args) -> int:
@@ -456,6 +460,29 @@ def cmd_tui(args) -> int:
     return run_app(getattr(args, "target", None))
 
 
+def _flag_bounds() -> dict:
+    """The range of each numeric flag, per command (a flag that sets a recipe option has that
+    option's range, from its field in ``recipe.py``)."""
+    from macft.recipe import AT_LEAST_0, AT_LEAST_1, SEED, Bounds, bounds_of
+
+    answers = {"--max-tokens": bounds_of("eval.max_tokens"),
+               "--batch-size": bounds_of("eval.batch_size"), "--limit": AT_LEAST_0}
+    fraction = Bounds(ge=0, le=1)
+    data = {"--near": fraction, "--semantic": Bounds(ge=-1, le=1), "--min-chars": AT_LEAST_0,
+            "--max-chars": AT_LEAST_0, "--max-tokens": AT_LEAST_0,
+            "--max-length": bounds_of("data.max_length"), "--valid": Bounds(ge=0, lt=1),
+            "--test": Bounds(ge=0, lt=1), "--seed": SEED}
+    return {"eval": answers, "compare": answers, "generate": {"--max-tokens": AT_LEAST_1},
+            "chat": {"--max-tokens": AT_LEAST_1, "--temp": AT_LEAST_0, "--ctx": AT_LEAST_1},
+            "data": data}
+
+
+def check_flags(args) -> None:
+    """One line naming the flag, its value and its range, before anything is loaded."""
+    for flag, bounds in _flag_bounds().get(args.command, {}).items():
+        bounds.check(getattr(args, flag[2:].replace("-", "_"), None), flag)
+
+
 COMMANDS = {"run": cmd_run, "plan": cmd_plan, "eval": cmd_eval, "generate": cmd_generate,
             "fuse": cmd_fuse,
             "export": cmd_export, "chat": cmd_chat, "doctor": cmd_doctor, "init": cmd_init,
@@ -483,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         args.command = "tui"
     try:
+        check_flags(args)
         return COMMANDS[args.command](args)
     except MacftError as exc:
         if debug:
@@ -495,10 +523,23 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - one line unless --debug
         if debug:
             raise
+        written = _unwritable(exc)
+        if written:
+            print(f"macft: error: {written}", file=sys.stderr)
+            return 2
         first = str(exc).splitlines()[0] if str(exc) else ""
         print(f"macft: error: {type(exc).__name__}: {first} (run with --debug for the "
               f"traceback)", file=sys.stderr)
         return 1
+
+
+def _unwritable(exc: Exception) -> str:
+    """A full disk or read-only folder that no writer named (an OSError with its file)."""
+    from macft.write_errors import translate
+
+    name = getattr(exc, "filename", None)
+    error = translate(exc, name) if isinstance(exc, OSError) and name else None
+    return str(error) if error else ""
 
 
 if __name__ == "__main__":

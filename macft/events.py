@@ -125,8 +125,21 @@ class Notice(Event):
     text: str
 
 
+@dataclass(frozen=True)
+class Progress(Event):
+    """A long preparation before the first step (e.g. DPO's reference log-probs), so the run
+    does not look hung: ``done`` of ``total`` items."""
+
+    task: str
+    done: int
+    total: int
+
+    def line(self) -> str:
+        return f"{self.task} {self.done}/{self.total}"
+
+
 EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, KernelCheck, Step, Eval, Sample,
-                                             Checkpoint, Finished, Failed, Notice)}
+                                             Checkpoint, Finished, Failed, Notice, Progress)}
 
 
 def event_from_json(row: dict) -> Event | None:
@@ -193,7 +206,9 @@ class MetricsFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, event: Event) -> None:
-        with self.path.open("a") as fh:
+        from macft.write_errors import reported
+
+        with reported(self.path), self.path.open("a") as fh:
             fh.write(json.dumps(event.to_json()) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -260,6 +275,11 @@ class ConsoleProgress:
             self._newline(event.line())
         elif isinstance(event, Notice):
             self._newline(event.text)
+        elif isinstance(event, Progress):
+            now = time.monotonic()
+            if self.tty or event.done == event.total or now - self._last_line_time >= 5.0:
+                self._last_line_time = now
+                (self._newline if event.done == event.total else self._line)(event.line())
         elif isinstance(event, Step):
             now = time.monotonic()
             last = event.step == event.total_steps

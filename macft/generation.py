@@ -37,8 +37,18 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_tokens: int, batch_si
 def chat_prompt(tokenizer, text: str, system: str | None = None) -> list[int]:
     """Token ids of a single user turn rendered with the chat template (if any)."""
     if getattr(tokenizer, "has_chat_template", False) or getattr(tokenizer, "chat_template", None):
+        from jinja2.exceptions import TemplateError
+
+        from macft.errors import MacftError
+        from macft.models.template_guard import guard
+
         messages = ([{"role": "system", "content": system}] if system else [])
         messages.append({"role": "user", "content": text})
-        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                  tokenize=True))
+        guard(tokenizer)
+        try:
+            return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                      tokenize=True))
+        except TemplateError as exc:
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            raise MacftError(f"the chat template failed: {detail}") from None
     return list(tokenizer.encode(text))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -23,9 +24,58 @@ from macft.errors import MacftError
 from macft.train.objectives import OBJECTIVES  # the registry's names (it loads no MLX)
 
 
-def opt(default, help: str, choices: tuple | None = None, **kw):
-    """A recipe field: default, help text and (optionally) the allowed values."""
-    meta = {"help": help, "choices": choices}
+@dataclass(frozen=True)
+class Bounds:
+    """The numbers a numeric option allows: ``ge``/``gt`` below, ``le``/``lt`` above, and
+    ``also`` for special values outside that range (``lora.layers: -1`` means all blocks)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    also: tuple = ()
+
+    def allows(self, value) -> bool:
+        if value in self.also:
+            return True
+        if isinstance(value, float) and not math.isfinite(value):
+            return False        # nan passes every comparison; no option means infinity
+        return not ((self.ge is not None and value < self.ge)
+                    or (self.gt is not None and value <= self.gt)
+                    or (self.le is not None and value > self.le)
+                    or (self.lt is not None and value >= self.lt))
+
+    def describe(self) -> str:
+        """``>= 0``, ``> 0``, ``in [0, 1]``, ``>= 1 or -1`` ..."""
+        low = ("[", self.ge) if self.ge is not None else ("(", self.gt)
+        high = ("]", self.le) if self.le is not None else (")", self.lt)
+        if low[1] is not None and high[1] is not None:
+            text = f"in {low[0]}{_num(low[1])}, {_num(high[1])}{high[0]}"
+        elif low[1] is not None:
+            text = f"{'>=' if low[0] == '[' else '>'} {_num(low[1])}"
+        elif high[1] is not None:
+            text = f"{'<=' if high[0] == ']' else '<'} {_num(high[1])}"
+        else:
+            text = "any number"
+        return text + "".join(f" or {_num(v)}" for v in self.also)
+
+    def check(self, value, what: str) -> None:
+        """Raise the one-line error naming ``what`` (a key or a flag), the value and the range."""
+        if value is not None and not self.allows(value):
+            raise MacftError(f"{what} must be {self.describe()}, got {_num(value)}")
+
+
+def _num(v) -> str:
+    return str(int(v)) if isinstance(v, float) and v.is_integer() and abs(v) < 1e15 else str(v)
+
+
+AT_LEAST_0, AT_LEAST_1, ABOVE_0 = Bounds(ge=0), Bounds(ge=1), Bounds(gt=0)
+SEED = Bounds(ge=0, le=2**32 - 1)
+
+
+def opt(default, help: str, choices: tuple | None = None, bounds: Bounds | None = None, **kw):
+    """A recipe field: default, help text and (optionally) the allowed values or range."""
+    meta = {"help": help, "choices": choices, "bounds": bounds}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
@@ -90,13 +140,15 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class LoraSpec:
-    rank: int = opt(16, "Rank of the low-rank update.")
-    alpha: float = opt(32.0, "Scaling numerator: the update is multiplied by alpha / rank.")
-    dropout: float = opt(0.0, "Dropout on the adapter's input.")
+    rank: int = opt(16, "Rank of the low-rank update.", bounds=AT_LEAST_1)
+    alpha: float = opt(32.0, "Scaling numerator: the update is multiplied by alpha / rank.",
+                       bounds=ABOVE_0)
+    dropout: float = opt(0.0, "Dropout on the adapter's input.", bounds=Bounds(ge=0, lt=1))
     targets: list = opt(["all"],
                         "Linear layers to adapt, by name (q_proj, v_proj, ...) or 'all' for every "
                         "linear layer of attention and MLP.")
-    layers: int = opt(-1, "Adapt only the last N transformer blocks; -1 for all of them.")
+    layers: int = opt(-1, "Adapt only the last N transformer blocks; -1 for all of them.",
+                      bounds=Bounds(ge=1, also=(-1,)))
 
 
 @dataclass(frozen=True)
@@ -114,7 +166,7 @@ class DataSpec:
     test: str | None = opt(None, "Test data for `macft eval` (same forms as train).")
     format: str = opt("auto", "Row format; auto detects it from the first row's keys.",
                       choices=("auto", "chat", "completions", "text"))
-    max_length: int = opt(512, "Longest sequence in tokens.")
+    max_length: int = opt(512, "Longest sequence in tokens.", bounds=AT_LEAST_1)
     overlong: str = opt("truncate", "What to do with examples longer than max_length.",
                         choices=("truncate", "drop"))
     packing: bool = opt(False, "Pack short examples into full sequences (no attention or "
@@ -125,21 +177,24 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class TrainSpec:
-    steps: int = opt(0, "Optimizer steps; 0 means derive them from epochs.")
-    epochs: float = opt(1.0, "Passes over the training data (used when steps is 0).")
-    batch_size: int = opt(4, "Sequences per micro-batch.")
-    grad_accum: int = opt(1, "Micro-batches per optimizer step.")
-    learning_rate: float = opt(1e-4, "Peak learning rate.")
+    steps: int = opt(0, "Optimizer steps; 0 means derive them from epochs.", bounds=AT_LEAST_0)
+    epochs: float = opt(1.0, "Passes over the training data (used when steps is 0).",
+                        bounds=ABOVE_0)
+    batch_size: int = opt(4, "Sequences per micro-batch.", bounds=AT_LEAST_1)
+    grad_accum: int = opt(1, "Micro-batches per optimizer step.", bounds=AT_LEAST_1)
+    learning_rate: float = opt(1e-4, "Peak learning rate.", bounds=ABOVE_0)
     schedule: str = opt("cosine", "Learning-rate schedule after warmup.",
                         choices=("cosine", "linear", "constant"))
-    warmup_steps: int = opt(0, "Linear warmup steps from 0 to learning_rate.")
-    min_lr_ratio: float = opt(0.0, "Final learning rate as a fraction of the peak.")
-    weight_decay: float = opt(0.0, "AdamW weight decay.")
-    max_grad_norm: float = opt(1.0, "Clip the global gradient norm to this; 0 turns it off.")
+    warmup_steps: int = opt(0, "Linear warmup steps from 0 to learning_rate.", bounds=AT_LEAST_0)
+    min_lr_ratio: float = opt(0.0, "Final learning rate as a fraction of the peak.",
+                              bounds=Bounds(ge=0, le=1))
+    weight_decay: float = opt(0.0, "AdamW weight decay.", bounds=AT_LEAST_0)
+    max_grad_norm: float = opt(1.0, "Clip the global gradient norm to this; 0 turns it off.",
+                               bounds=AT_LEAST_0)
     max_nonfinite_steps: int = opt(3, "A step whose loss or gradient norm is NaN or Inf is "
                                       "skipped (no update); after this many in a row the run "
                                       "stops, keeping its last finite checkpoint; 0: never "
-                                      "stop.")
+                                      "stop.", bounds=AT_LEAST_0)
     grad_checkpoint: bool = opt(False, "Recompute each block's activations in the backward "
                                        "pass (less memory, ~30% more time).")
     compile: str = opt("auto", "Compile the SFT step with mx.compile, one graph per batch "
@@ -148,39 +203,43 @@ class TrainSpec:
                                "with kernels not stock, when each batch shape of the data "
                                "recurs at least 3 times in the run; on; off.",
                        choices=("auto", "on", "off"))
-    seed: int = opt(0, "Seed for initialisation, dropout and data order.")
-    eval_every: int = opt(50, "Validation loss every N steps (0: only at the end).")
-    eval_batches: int = opt(0, "Validation batches per evaluation; 0 for all.")
-    save_every: int = opt(100, "Checkpoint every N steps (0: only at the end).")
+    seed: int = opt(0, "Seed for initialisation, dropout and data order.", bounds=SEED)
+    eval_every: int = opt(50, "Validation loss every N steps (0: only at the end).",
+                          bounds=AT_LEAST_0)
+    eval_batches: int = opt(0, "Validation batches per evaluation; 0 for all.", bounds=AT_LEAST_0)
+    save_every: int = opt(100, "Checkpoint every N steps (0: only at the end).", bounds=AT_LEAST_0)
     patience: int = opt(0, "Early stopping: stop after N evaluations without a better "
-                           "validation loss; 0 turns it off.")
+                           "validation loss; 0 turns it off.", bounds=AT_LEAST_0)
     general_max_rise: float = opt(0.0, "Forgetting guard: at each evaluation also measure "
                                        "perplexity on macft's general text; past (1 + this) "
                                        "times the base model's, apply general_action "
-                                       "(e.g. 0.2 = a 20% rise); 0 turns it off.")
+                                       "(e.g. 0.2 = a 20% rise); 0 turns it off.",
+                                       bounds=AT_LEAST_0)
     general_action: str = opt("stop", "What the forgetting guard does: stop the run, or "
                                       "keep_best (train on, but an evaluation past the bound "
                                       "never becomes the best adapter).",
                               choices=("stop", "keep_best"))
-    sample_every: int = opt(0, "Generate from sample_prompts every N steps (0: never).")
+    sample_every: int = opt(0, "Generate from sample_prompts every N steps (0: never).",
+                            bounds=AT_LEAST_0)
     sample_prompts: list = opt([], "Fixed prompts for sample generations.")
-    sample_max_tokens: int = opt(64, "Longest sample generation in tokens.")
+    sample_max_tokens: int = opt(64, "Longest sample generation in tokens.", bounds=AT_LEAST_1)
 
 
 @dataclass(frozen=True)
 class PreferenceSpec:
     beta: float = opt(0.1, "dpo/ipo: strength of the pull toward the reference (KL weight); "
-                           "simpo: reward scale.")
+                           "simpo: reward scale.", bounds=ABOVE_0)
     label_smoothing: float = opt(0.0, "dpo: probability that a pair's labels are flipped "
-                                      "(conservative DPO).")
-    orpo_lambda: float = opt(0.1, "orpo: weight of the odds-ratio term added to the SFT loss.")
-    simpo_gamma: float = opt(0.5, "simpo: target reward margin.")
+                                      "(conservative DPO).", bounds=Bounds(ge=0, lt=0.5))
+    orpo_lambda: float = opt(0.1, "orpo: weight of the odds-ratio term added to the SFT loss.",
+                             bounds=AT_LEAST_0)
+    simpo_gamma: float = opt(0.5, "simpo: target reward margin.", bounds=AT_LEAST_0)
 
 
 @dataclass(frozen=True)
 class EvalSpec:
-    max_tokens: int = opt(128, "Longest generated answer in `macft eval`.")
-    batch_size: int = opt(32, "Prompts generated together in `macft eval`.")
+    max_tokens: int = opt(128, "Longest generated answer in `macft eval`.", bounds=AT_LEAST_1)
+    batch_size: int = opt(32, "Prompts generated together in `macft eval`.", bounds=AT_LEAST_1)
 
 
 @dataclass(frozen=True)
@@ -231,7 +290,7 @@ def _is_section(tp) -> bool:
     return dataclasses.is_dataclass(tp)
 
 
-def _check_value(value, tp, name: str, src: str, choices):
+def _check_value(value, tp, name: str, src: str, choices, bounds=None):
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -261,6 +320,8 @@ def _check_value(value, tp, name: str, src: str, choices):
     if choices and value not in choices:
         raise MacftError(f"{src}: key '{name}' must be one of {', '.join(map(str, choices))}; "
                          f"got {value!r}")
+    if bounds is not None:
+        bounds.check(value, f"{src}: key '{name}'")
     return value
 
 
@@ -296,22 +357,23 @@ def _build(cls, raw: dict, src: str, prefix: str = ""):
             kwargs[key] = _build(tp, value or {}, src, f"{prefix}{key}.")
         else:
             f = next(f for f in dataclasses.fields(cls) if f.name == key)
-            kwargs[key] = _check_value(value, tp, prefix + key, src, f.metadata.get("choices"))
+            kwargs[key] = _check_value(value, tp, prefix + key, src, f.metadata.get("choices"),
+                                       f.metadata.get("bounds"))
     return cls(**kwargs)
 
 
 def _validate(recipe: Recipe, src: str) -> Recipe:
-    t = recipe.train
-    positive = {"train.batch_size": t.batch_size, "train.grad_accum": t.grad_accum,
-                "data.max_length": recipe.data.max_length, "lora.rank": recipe.lora.rank}
-    for key, value in positive.items():
-        if value <= 0:
-            raise MacftError(f"{src}: key '{key}' must be positive, got {value}")
-    if t.learning_rate <= 0:
-        raise MacftError(f"{src}: key 'train.learning_rate' must be positive")
-    if not 0 <= recipe.lora.dropout < 1:
-        raise MacftError(f"{src}: key 'lora.dropout' must be in [0, 1)")
+    """Checks beyond each field's type, choices and range (those ``_build`` checks as it reads)."""
+    _check_name(recipe.name, f"{src}: key 'name'")
     return recipe
+
+
+def _check_name(name: str, what: str) -> None:
+    """A run's name becomes the folder runs/<name>: it must not lead anywhere else."""
+    if (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
+            or name.startswith("~")):
+        raise MacftError(f"{what} must be a plain folder name (no '/', '\\', '..' or '~'), "
+                         f"got {name!r}; use output=PATH to choose the folder")
 
 
 def from_dict(raw: dict, src: str = "<recipe>") -> Recipe:
@@ -433,6 +495,19 @@ def describe(cls=Recipe, prefix: str = "") -> list[tuple[str, str, Any, str]]:
         tname = getattr(tp, "__name__", str(tp).replace("typing.", ""))
         rows.append((prefix + f.name, tname, default, f.metadata.get("help", "")))
     return rows
+
+
+def field_of(key: str, cls=None) -> dataclasses.Field:
+    """The dataclass field of a dotted key ("train.seed"), for its metadata."""
+    cls = Recipe if cls is None else cls
+    head, _, rest = key.partition(".")
+    f = next(f for f in dataclasses.fields(cls) if f.name == head)
+    return field_of(rest, _resolved_types(cls)[head]) if rest else f
+
+
+def bounds_of(key: str) -> Bounds | None:
+    """The range a numeric option allows (None when any value of its type is fine)."""
+    return field_of(key).metadata.get("bounds")
 
 
 def describe_values(recipe: Recipe, obj=None, prefix: str = "") -> list[tuple[str, Any]]:

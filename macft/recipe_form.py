@@ -24,6 +24,7 @@ class FormField:
     default: Any
     help: str
     choices: tuple | None
+    bounds: recipe_mod.Bounds | None = None     # the numbers allowed (the loader checks them)
 
     @property
     def optional(self) -> bool:
@@ -52,7 +53,7 @@ def choices_of(key: str, cls=recipe_mod.Recipe) -> tuple | None:
 
 
 def form_fields() -> list[FormField]:
-    return [FormField(key, tname, default, help_text, choices_of(key))
+    return [FormField(key, tname, default, help_text, choices_of(key), recipe_mod.bounds_of(key))
             for key, tname, default, help_text in recipe_mod.describe()]
 
 

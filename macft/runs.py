@@ -20,7 +20,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from macft import events as ev
+from macft import events as ev, write_errors
 from macft.errors import MacftError
 
 RECIPE = "recipe.yaml"
@@ -52,6 +52,11 @@ def atomic_path(path: str | Path):
             shutil.rmtree(path)
         os.replace(tmp, path)
         _fsync_dir(path.parent)      # and the rename itself survives a power cut
+    except (OSError, RuntimeError, write_errors.WriteError) as exc:  # disk full, read-only
+        error = write_errors.translate(exc, path)
+        if error is None:
+            raise
+        raise error from exc
     finally:
         _remove(tmp)
 

@@ -20,7 +20,7 @@ train:
   learning_rate: 1e-4
   min_lr_ratio: 5E-5
   weight_decay: 1.5e-2
-  max_grad_norm: -2e+0
+  max_grad_norm: +2e+0
   compile: off
   grad_checkpoint: true
 """
@@ -36,7 +36,7 @@ def test_a_file_reads_exponent_floats_and_on_off_words(tmp_path):
     r = recipe_mod.load(write(tmp_path, RECIPE))
     t = r.train
     assert (t.learning_rate, t.min_lr_ratio, t.weight_decay, t.max_grad_norm) == \
-        (1e-4, 5e-5, 0.015, -2.0)
+        (1e-4, 5e-5, 0.015, 2.0)
     assert all(type(v) is float for v in (t.learning_rate, t.min_lr_ratio, t.max_grad_norm))
     assert t.compile == "off" and t.grad_checkpoint is True
     # A bool field takes YAML 1.1's words; a text field keeps them as written.

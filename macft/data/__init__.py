@@ -6,6 +6,7 @@ from macft.data.encode import (
     Encoded,
     EncodedSet,
     EncodeStats,
+    check_answers,
     check_row,
     detect_format,
     encode_row,
@@ -17,6 +18,6 @@ from macft.data.rows import Row, load_rows
 
 __all__ = [
     "FORMATS", "Batch", "Batcher", "Encoded", "EncodedSet", "EncodeStats", "Row", "Sequence",
-    "check_row", "detect_format", "encode_row", "encode_rows", "load_rows", "make_sequences",
+    "check_answers", "check_row", "detect_format", "encode_row", "encode_rows", "load_rows", "make_sequences",
     "pad_id", "prompt_and_reference",
 ]

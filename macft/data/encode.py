@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from macft.errors import MacftError, where
+from macft.models.template_guard import guard
 from macft.recipe import DataSpec
 
 FORMATS = ("chat", "completions", "text")
@@ -129,6 +130,18 @@ def _check_messages(row) -> None:
         if not isinstance(content, str):
             raise MacftError(f"{row.where}: key '{key}.content' must be a string, "
                              f"got {type(content).__name__}")
+    if messages[0]["role"] == "assistant":
+        raise MacftError(f"{row.where}: the conversation opens with an assistant turn "
+                         "(messages[0]); it needs a system or user message before it")
+
+
+def _has_answer(row, fmt: str) -> bool:
+    """Whether a row has any answer text to learn (chat: a non-empty assistant turn)."""
+    if fmt != "chat":
+        return True
+    return any(m["role"] == "assistant" and ((m.get("content") or "").strip()
+                                             or m.get("tool_calls"))
+               for m in row.data["messages"])
 
 
 # --- encoding -------------------------------------------------------------------------------
@@ -174,6 +187,15 @@ def encode_rows(rows, tokenizer, spec: DataSpec, path, fmt: str | None = None) -
         stats.tokens += len(enc.ids)
         stats.trained_tokens += sum(enc.mask)
     return EncodedSet(examples, stats, fmt)
+
+
+def check_answers(rows, fmt: str, spec: DataSpec, path) -> None:
+    """A training file must have some answer to learn: with every assistant turn empty only
+    the end-of-turn tokens would carry a loss, and the run would look fine while learning that."""
+    if spec.train_on_prompt or fmt != "chat" or any(_has_answer(r, fmt) for r in rows):
+        return
+    raise MacftError(f"{path}: every assistant turn is empty, so only end-of-turn tokens "
+                     "would be trained (fill in the answers, or set data.train_on_prompt)")
 
 
 def prompt_and_reference(row, fmt: str, tokenizer, spec: DataSpec) -> tuple[list[int], str]:
@@ -301,6 +323,7 @@ def _has_template(tok) -> bool:
 
 
 def _render(tok, messages: list[dict], generation: bool, row) -> str:
+    guard(tok)      # a template with runaway loops stops after a time limit, in one line
     try:
         # A row's "enable_thinking" reaches templates with a thinking switch (Qwen3): off, the
         # empty <think></think> belongs to the prompt, so it is not trained.

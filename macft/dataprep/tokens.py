@@ -6,7 +6,7 @@ from macft.recipe import ModelSpec
 
 
 def load_tokenizer(spec: ModelSpec):
-    from macft.models.load import read_json, resolve
+    from macft.models.load import NO_REMOTE_CODE, read_json, resolve
 
     kind, source = resolve(spec.path, spec.revision)
     if kind == "gguf":
@@ -17,4 +17,4 @@ def load_tokenizer(spec: ModelSpec):
     from mlx_lm.utils import load_tokenizer as mlx_load_tokenizer
 
     config = read_json(source / "config.json")
-    return mlx_load_tokenizer(source, eos_token_ids=config.get("eos_token_id"))
+    return mlx_load_tokenizer(source, NO_REMOTE_CODE, eos_token_ids=config.get("eos_token_id"))

@@ -118,7 +118,11 @@ def build_tokenizer(metadata: dict, name: str = "model.gguf"):
         if not merges:
             raise MacftError(f"{name}: byte-level BPE tokenizer without tokenizer.ggml.merges")
         pre = md.get("tokenizer.ggml.pre")
-        backend = _byte_level_bpe(tokens, merges, pre, name)
+        try:
+            backend = _byte_level_bpe(tokens, merges, pre, name)
+        except Exception as exc:  # tokenizers raises a bare Exception for a merge of no token
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise MacftError(f"{name}: corrupt tokenizer metadata ({detail})") from None
         default_bos = PRE_TOKENIZERS.get(pre or "") == "llama3"      # as llama.cpp defaults
     elif kind == "llama":
         scores = md.get("tokenizer.ggml.scores")

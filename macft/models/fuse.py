@@ -42,12 +42,15 @@ def _quantization_config(model: nn.Module) -> dict | None:
 
 
 def save_folder(model: nn.Module, tokenizer, config: dict, out: Path) -> Path:
-    from mlx_lm.utils import save_config, save_model
+    """Write the fused model as a Hugging Face folder. It is written into a temporary folder
+    beside ``out`` and renamed when complete, so a failure (a full disk) leaves no half model
+    under the final name and the same command can simply be run again."""
+    from macft import runs
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise MacftError(f"{out}: output folder exists and is not empty")
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     config = dict(config)
     config.pop("quantization_config", None)
     quant = _quantization_config(model)
@@ -55,9 +58,17 @@ def save_folder(model: nn.Module, tokenizer, config: dict, out: Path) -> Path:
         config["quantization"] = quant
     else:
         config.pop("quantization", None)
-    save_model(out, model, donate_model=False)
-    save_config(config, out / "config.json")
-    tok = getattr(tokenizer, "_tokenizer", tokenizer)
-    tok.save_pretrained(str(out))
-    (out / "macft.json").write_text(json.dumps({"fused_from": "macft"}, indent=2))
+    with runs.atomic_path(out) as tmp:
+        tmp.mkdir()
+        _write_folder(model, tokenizer, config, tmp)
     return out
+
+
+def _write_folder(model: nn.Module, tokenizer, config: dict, folder: Path) -> None:
+    from mlx_lm.utils import save_config, save_model
+
+    save_model(folder, model, donate_model=False)
+    save_config(config, folder / "config.json")
+    tok = getattr(tokenizer, "_tokenizer", tokenizer)
+    tok.save_pretrained(str(folder))
+    (folder / "macft.json").write_text(json.dumps({"fused_from": "macft"}, indent=2))

@@ -32,6 +32,9 @@ ASSEMBLED = {
                                                              "-part4")]),
 }
 
+# Passed to every transformers / mlx-lm loader: never import a model's own Python files.
+NO_REMOTE_CODE = {"trust_remote_code": False}
+
 HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.tiktoken", "*.txt"]
 
 
@@ -81,10 +84,37 @@ def _assembled_path(name: str) -> Path:
 
 
 def _looks_like_path(text: str) -> bool:
-    return text.startswith((".", "/", "~")) or text.endswith(".gguf") or text.count("/") != 1
+    """A hub id is ``owner/name``; anything else, or an ``owner`` that is a folder here, is a
+    path that does not exist (so ``scratch/nothere`` never becomes a hub lookup)."""
+    if text.startswith((".", "/", "~")) or text.endswith(".gguf") or text.count("/") != 1:
+        return True
+    return "\\" in text or Path(text).parent.is_dir()
 
 
-def _from_hub(repo: str, revision: str | None) -> Path:
+# Files whose ``auto_map`` (transformers) or ``model_file`` (mlx-lm) would import Python
+# shipped with the model. macft never runs such code, so it refuses the folder up front: with
+# a terminal, transformers would otherwise ask "run the custom code? [y/N]".
+CODE_KEYS = {"config.json": ("auto_map", "model_file"), "tokenizer_config.json": ("auto_map",),
+             "processor_config.json": ("auto_map",), "preprocessor_config.json": ("auto_map",)}
+
+
+def refuse_custom_code(folder: Path) -> None:
+    """One line naming the file and key of a model folder that needs its own Python code."""
+    for name, keys in CODE_KEYS.items():
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        try:
+            config = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue  # the loader names a broken file itself
+        for key in keys:
+            if isinstance(config, dict) and config.get(key):
+                raise MacftError(f"{path}: key '{key}' asks to run the model's own Python code; "
+                                 f"macft never runs custom code (trust_remote_code is off)")
+
+
+def _from_hub(repo: str, revision: str | None, local_only: bool = False) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (LocalEntryNotFoundError, RepositoryNotFoundError,
                                         RevisionNotFoundError)
@@ -92,8 +122,11 @@ def _from_hub(repo: str, revision: str | None) -> Path:
     offline = runtime.is_offline()
     try:
         return Path(snapshot_download(repo, revision=revision, allow_patterns=HUB_FILES,
-                                      local_files_only=offline))
+                                      local_files_only=offline or local_only))
     except LocalEntryNotFoundError:
+        if local_only and not offline:
+            raise MacftError(f"{repo}: the run's base model is neither a folder here nor in "
+                             f"the local Hugging Face cache (moved or deleted?)") from None
         if offline:
             raise MacftError(f"model '{repo}' is not in the local Hugging Face cache and offline "
                              f"mode is on (HF_HUB_OFFLINE=1 or --offline)") from None
@@ -105,8 +138,16 @@ def _from_hub(repo: str, revision: str | None) -> Path:
         raise MacftError(f"model '{repo}': download failed ({exc})") from None
 
 
-def resolve(path: str, revision: str | None = None) -> tuple[str, Path]:
-    """('gguf' | 'hf', local path) for a recipe's model string."""
+def resolve(path: str, revision: str | None = None, local_only: bool = False) -> tuple[str, Path]:
+    """('gguf' | 'hf', local path) for a recipe's model string; ``local_only``: never the
+    network (a run's recorded base was here when it trained: a folder or the hub cache)."""
+    kind, source = _resolve(path, revision, local_only)
+    if kind == "hf":
+        refuse_custom_code(source)
+    return kind, source
+
+
+def _resolve(path: str, revision: str | None, local_only: bool) -> tuple[str, Path]:
     if path in ALIASES:
         return "gguf", _alias_path(path)
     if path in ASSEMBLED:
@@ -122,7 +163,7 @@ def resolve(path: str, revision: str | None = None) -> tuple[str, Path]:
         raise MacftError(f"{p}: folder has no config.json (not a Hugging Face model folder)")
     if _looks_like_path(path):
         raise MacftError(f"{path}: model path not found")
-    return "hf", _from_hub(path, revision)
+    return "hf", _from_hub(path, revision, local_only)
 
 
 def cast_floats(model: nn.Module, dtype) -> None:
@@ -143,17 +184,18 @@ def cast_floats(model: nn.Module, dtype) -> None:
 def _load_hf(folder: Path):
     from mlx_lm.utils import load_model, load_tokenizer
 
+    refuse_custom_code(folder)
     try:
-        model, config = load_model(folder)
+        model, config = load_model(folder, trust_remote_code=False)
     except (FileNotFoundError, ValueError) as exc:
         raise MacftError(f"{folder}: {exc}".splitlines()[0]) from None
-    tokenizer = load_tokenizer(folder, eos_token_ids=config.get("eos_token_id"))
+    tokenizer = load_tokenizer(folder, NO_REMOTE_CODE, eos_token_ids=config.get("eos_token_id"))
     return model, tokenizer, config
 
 
 def load_base(path: str, revision: str | None = None, dtype: str = "auto",
-              chat_template: str | None = None) -> Loaded:
-    kind, source = resolve(path, revision)
+              chat_template: str | None = None, local_only: bool = False) -> Loaded:
+    kind, source = resolve(path, revision, local_only)
     if kind == "gguf":
         from macft.gguf.reader import load_gguf
 
@@ -197,7 +239,7 @@ def load_for_inference(target: str, adapter: str | None = None):
         recipe = recipe_mod.stage_recipes(recipe)[-1]
         run_dir = recipe.run_dir
     loaded = load_base(recipe.model.path, recipe.model.revision, recipe.model.dtype,
-                       recipe.model.chat_template)
+                       recipe.model.chat_template, local_only=True)
     adapters_mod.prepare(loaded.model, recipe, recipe.train.seed)
     adapters_mod.load_adapter_weights(loaded.model, Path(adapter) if adapter else
                                       adapter_dir(run_dir))

@@ -139,11 +139,12 @@ class Trainer:
         self.kernel_checks = verify.for_run(r.kernels)     # device kernels: checked, cached
         if self.loaded is None:
             self.loaded = load_base(r.model.path, r.model.revision, r.model.dtype,
-                                    r.model.chat_template)
+                                    r.model.chat_template, local_only=ckpt is not None)
         self.model = self.loaded.model
         self.scope.own_caches(self.model)
         self.tokenizer = self.loaded.tokenizer
         self.objective = objectives.create(r, self.world)
+        self.objective.emit = self.emit
         self.data = self.objective.load_data(self.tokenizer)
         if self.world.active and self.data.train.batch_size < self.world.size:
             raise MacftError(f"train.batch_size ({self.data.train.batch_size}) is smaller than "

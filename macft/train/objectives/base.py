@@ -48,6 +48,7 @@ class Objective:
         self.world = world
         self.model = None
         self.data: DataBundle | None = None
+        self.emit = _ignore     # the loop passes its own: progress of a long set-up
 
     # ----- data ---------------------------------------------------------------------------
     def load_data(self, tokenizer) -> DataBundle:
@@ -77,3 +78,7 @@ class Objective:
     def validate(self) -> tuple[float, dict] | None:
         """(validation loss, metrics) over the validation split; None without one."""
         raise NotImplementedError
+
+
+def _ignore(event) -> None:
+    """The default ``Objective.emit`` (an objective used outside the loop, e.g. by plan)."""

@@ -21,6 +21,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_map
 
+from macft.events import Progress
 from macft.models import patch
 from macft.train import distributed
 from macft.train.loss import token_losses, trained_positions
@@ -121,8 +122,9 @@ def preference_loss(model, batch, ref: tuple[mx.array, mx.array] | None, objecti
     return loss * weight, metrics
 
 
-def reference_logps(model, batcher) -> tuple[np.ndarray, np.ndarray]:
-    """Log-probs of every pair's chosen and rejected answer under ``model`` as it is now."""
+def reference_logps(model, batcher, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """Log-probs of every pair's chosen and rejected answer under ``model`` as it is now;
+    ``progress(pairs done)`` after each batch."""
     chosen = np.zeros(batcher.n, dtype=np.float32)
     rejected = np.zeros(batcher.n, dtype=np.float32)
     was_training = model.training
@@ -134,6 +136,8 @@ def reference_logps(model, batcher) -> tuple[np.ndarray, np.ndarray]:
             mx.eval(c, r)
             chosen[pb.index] = np.array(c)
             rejected[pb.index] = np.array(r)
+            if progress is not None:
+                progress(int(pb.index[-1]) + 1)
     finally:
         model.train(was_training)
     return chosen, rejected
@@ -198,10 +202,14 @@ class Preference(Objective):
             return world.sum_arrays(ref)
         if world.active:            # the reference is rank 0's model as the stage starts
             model.update(world.broadcast(model.trainable_parameters()))
-        ref = {}
+        ref, total, before = {}, sum(b.n for _, b in splits), 0
         for split, batcher in splits:   # each rank computes its batches, zeros elsewhere
+            def progress(done, before=before):
+                self.emit(Progress("reference log-probs", before + done, total))
+
             ref[f"{split}_chosen"], ref[f"{split}_rejected"] = reference_logps(
-                model, distributed.EvalShare(batcher, world))
+                model, distributed.EvalShare(batcher, world), progress)
+            before += batcher.n
         ref = world.sum_arrays(ref)
         if world.main:
             with atomic_path(path) as tmp:

@@ -27,10 +27,13 @@ class Sft(Objective):
         self.compiled_step = None
 
     def load_batches(self, tokenizer) -> DataBundle:
-        from macft.data import Batcher, encode_rows, load_rows, make_sequences, pad_id
+        from macft.data import (Batcher, check_answers, encode_rows, load_rows, make_sequences,
+                                pad_id)
 
         spec, t = self.recipe.data, self.recipe.train
-        train_set = encode_rows(load_rows(spec.train), tokenizer, spec, spec.train)
+        rows = load_rows(spec.train)
+        train_set = encode_rows(rows, tokenizer, spec, spec.train)
+        check_answers(rows, train_set.format, spec, spec.train)
         if not train_set.examples:
             raise MacftError(f"{spec.train}: no usable examples after tokenization "
                              f"({train_set.stats.summary()})")
