@@ -384,11 +384,6 @@ def test_generate_without_any_network(tiny_model_dir):
 
 # --- the battery ----------------------------------------------------------------------------------
 
-# Cases issue 18's other half (the run lock, checkpoint fallback) makes hold; until it is merged
-# the battery reports them as they are.
-PENDING_ELSEWHERE = {"corrupt latest checkpoint", "two trainers on one run folder"}
-
-
 @pytest.mark.slow
 def test_the_fault_battery_loses_nothing(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "fault_battery.py"),
@@ -397,5 +392,5 @@ def test_the_fault_battery_loses_nothing(tmp_path):
     rows = [line.split(" | ") for line in done.stdout.splitlines()
             if line.startswith("| ") and not line.startswith(("| case", "| ---"))]
     assert len(rows) >= 14, done.stdout + done.stderr
-    lost = [r for r in rows if r[-1].rstrip(" |") == "yes" and r[0][2:] not in PENDING_ELSEWHERE]
+    lost = [r for r in rows if r[-1].rstrip(" |") == "yes"]
     assert lost == [], done.stdout

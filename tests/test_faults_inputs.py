@@ -427,6 +427,9 @@ def test_resuming_a_run_whose_base_moved_never_goes_to_the_hub(tmp_path, tiny_mo
     (tmp_path / "m").rename(tmp_path / "moved")
     code, err = run_main(capsys, ["run", "run"])
     assert code == 2
+    # The killed trainer's lock file is still there: the resume says it took it over.
+    notice, _, err = err.partition("\n")
+    assert notice.startswith("run: took over the lock of pid ") and "no longer runs" in notice
     assert one_line(err) == ("m/tiny: the run's base model is neither a folder here nor in the "
                              "local Hugging Face cache (moved or deleted?)")
     assert no_dns == []

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from macft import recipe as recipe_mod, runs
@@ -83,11 +84,20 @@ def changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
     """(option changes as 'key: old -> new', data changes as 'data.x changed: PATH')."""
     opts = [f"{k}: {_show(old['recipe'].get(k))} -> {_show(v)}"
             for k, v in new["recipe"].items()
-            if k not in SAFE_CHANGES and old["recipe"].get(k) != v]
+            if k not in SAFE_CHANGES and not _same(k, old["recipe"].get(k), v)]
     data = [f"{k} changed: {new['recipe'].get(k)}" for k in sorted(set(old["data"]) |
                                                                     set(new["data"]))
             if old["data"].get(k) != new["data"].get(k)]
     return opts, data
+
+
+def _same(key: str, old, new) -> bool:
+    """Equal values; for a path that no longer exists (a moved base model), the same path
+    spelt relative to here: the load that follows names what is missing."""
+    if old == new:
+        return True
+    return (key in PATH_KEYS and isinstance(new, str) and isinstance(old, str) and bool(new)
+            and not Path(new).exists() and os.path.abspath(new) == old)
 
 
 def _show(value) -> str:
