@@ -165,12 +165,44 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class PreferenceSpec:
-    beta: float = opt(0.1, "dpo/ipo: strength of the pull toward the reference (KL weight); "
-                           "simpo: reward scale.")
+    beta: float = opt(0.1, "dpo/ipo/kto: strength of the pull toward the reference (KL "
+                           "weight); simpo: reward scale. > 0.")
     label_smoothing: float = opt(0.0, "dpo: probability that a pair's labels are flipped "
-                                      "(conservative DPO).")
+                                      "(conservative DPO). In [0, 0.5).")
     orpo_lambda: float = opt(0.1, "orpo: weight of the odds-ratio term added to the SFT loss.")
     simpo_gamma: float = opt(0.5, "simpo: target reward margin.")
+    nll_weight: float = opt(0.0, "dpo/ipo/simpo/orpo: weight of the chosen answers' mean "
+                                 "per-token NLL added to the loss (RPO). The pairwise losses "
+                                 "can be met by pushing the rejected answers down alone; this "
+                                 "pulls the chosen ones up, which is what moves generations. "
+                                 ">= 0; 0: off.")
+    dpop_lambda: float = opt(0.0, "dpo: DPOP penalty, lambda * max(0, reference - policy "
+                                  "log-prob of the chosen answer) inside DPO's sigmoid (the "
+                                  "DPOP paper uses 50). >= 0; 0: plain DPO.")
+    kto_desirable_weight: float = opt(1.0, "kto: weight of the desirable (label: true) rows' "
+                                           "loss. > 0.")
+    kto_undesirable_weight: float = opt(1.0, "kto: weight of the undesirable (label: false) "
+                                             "rows' loss. > 0.")
+
+
+# (key, lowest, lowest allowed itself?, highest or None, highest allowed itself?)
+PREFERENCE_BOUNDS = (("beta", 0.0, False, None, False), ("label_smoothing", 0.0, True, 0.5, False),
+                     ("nll_weight", 0.0, True, None, False),
+                     ("dpop_lambda", 0.0, True, None, False),
+                     ("kto_desirable_weight", 0.0, False, None, False),
+                     ("kto_undesirable_weight", 0.0, False, None, False))
+
+
+def _check_preference(spec: PreferenceSpec, src: str) -> None:
+    for key, lo, lo_ok, hi, hi_ok in PREFERENCE_BOUNDS:
+        v = getattr(spec, key)
+        low = v >= lo if lo_ok else v > lo
+        high = hi is None or (v <= hi if hi_ok else v < hi)
+        if not (low and high):
+            lo_s = f"{'[' if lo_ok else '('}{lo:g}"
+            hi_s = f"{hi:g}{']' if hi_ok else ')'}" if hi is not None else "inf)"
+            raise MacftError(f"{src}: key 'preference.{key}' must be in {lo_s}, {hi_s}; "
+                             f"got {v:g}")
 
 
 @dataclass(frozen=True)
@@ -192,7 +224,8 @@ class Recipe:
     train: TrainSpec = field(default_factory=TrainSpec, metadata={"help": "Optimisation."})
     eval: EvalSpec = field(default_factory=EvalSpec, metadata={"help": "`macft eval` settings."})
     objective: str = opt("sft", "Training objective: sft on chat/completions/text data; dpo, "
-                                "ipo, orpo or simpo on preference pairs.", choices=OBJECTIVES)
+                                "ipo, orpo or simpo on preference pairs; kto on unpaired "
+                                "rows marked good or bad.", choices=OBJECTIVES)
     preference: PreferenceSpec = field(default_factory=PreferenceSpec,
                                        metadata={"help": "Preference-objective settings."})
     kernels: str = opt("auto", "Training ops: auto = device kernels (Metal) where they apply "
@@ -307,6 +340,7 @@ def _validate(recipe: Recipe, src: str) -> Recipe:
         raise MacftError(f"{src}: key 'train.learning_rate' must be positive")
     if not 0 <= recipe.lora.dropout < 1:
         raise MacftError(f"{src}: key 'lora.dropout' must be in [0, 1)")
+    _check_preference(recipe.preference, src)
     return recipe
 
 
