@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -493,3 +494,38 @@ def test_eval_pairs_reports_accuracy_and_margin(prefdir, capsys):
     assert margin > 0
     assert main(["eval", str(prefdir / "model"), "--pairs", str(prefdir / "valid.jsonl")]) == 0
     assert "no reference" in capsys.readouterr().out
+
+
+def test_eval_pairs_reports_the_chosen_style_of_greedy_answers(prefdir, capsys, tmp_path):
+    """The style line counts greedy answers; --out keeps each with its verdict."""
+    from macft.cli import main
+
+    run = prefdir / "run-evalpairs"
+    if not run.exists():
+        train(pref_recipe(prefdir, "run-evalpairs", "dpo"), [])
+    out_file = tmp_path / "answers.jsonl"
+    assert main(["eval", str(run), "--pairs", str(prefdir / "valid.jsonl"), "--max-tokens", "6",
+                 "--style", ".", "--out", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    records = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert len(records) == 8 and all(r["chosen"] == "yes" for r in records)
+    nonempty = sum(bool(r["prediction"].strip()) for r in records)
+    assert [r["style"] for r in records] == [bool(r["prediction"].strip()) for r in records]
+    assert f"chosen style  {nonempty / 8:.1%}  (greedy answers; matches /./)" in out
+    exact = sum(r["prediction"].strip() == "yes" for r in records)
+    assert f"= chosen      {exact / 8:.1%}" in out
+    assert main(["eval", str(run), "--pairs", str(prefdir / "valid.jsonl"),
+                 "--style", "("]) == 2
+    assert "macft: error: --style: not a regular expression" in capsys.readouterr().err
+
+
+def test_style_match_rules():
+    from macft.evaluation import style_match
+
+    rx = re.compile(r"^Answer: -?\d+\.$")
+    assert style_match(" Answer: 42.\n", "Answer: 41.", rx)
+    assert not style_match("Answer: 42. Because", "Answer: 42.", rx)
+    # default: the first three words of the pair's chosen answer
+    assert style_match("The capital of Chile is Santiago, a city", "The capital of Peru", None)
+    assert not style_match("Great question! The capital", "The capital of Chile", None)
+    assert not style_match("", "The capital of Chile", None)

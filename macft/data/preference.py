@@ -82,6 +82,15 @@ def encode_pair(row: Row, tokenizer, spec: DataSpec) -> Pair:
                 _side(row, messages, rejected, tokenizer, no_prompt_loss))
 
 
+def pair_prompt(row: Row, tokenizer, spec: DataSpec) -> tuple[list[int], str]:
+    """A pair's prompt ids for generation (as training renders it) and its chosen answer."""
+    chosen = _answer(row, "chosen")
+    chat = Row(row.line, {"messages": _conversation(row)
+                          + [{"role": "assistant", "content": chosen}]}, row.source)
+    ids, _ = prompt_and_reference(chat, "chat", tokenizer, spec)
+    return list(ids), chosen
+
+
 def _fit(enc: Encoded, max_length: int) -> Encoded | None:
     if len(enc.ids) <= max_length:
         return enc
