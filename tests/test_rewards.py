@@ -1,4 +1,4 @@
-"""Rewards: every built-in on right, wrong, malformed and empty completions; user rewards; errors."""
+"""Rewards: each built-in on right, wrong, malformed and empty completions; user rewards; errors."""
 
 from __future__ import annotations
 
