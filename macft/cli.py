@@ -52,7 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", parents=[common], help="greedy answers + exact match on a data set")
     ev.add_argument("target", help="run folder or model")
     ev.add_argument("--data", help="JSONL (chat or completions) to evaluate on")
-    ev.add_argument("--pairs", help="preference JSONL: report preference accuracy and margin")
+    ev.add_argument("--pairs", help="preference JSONL: report preference accuracy and margin, "
+                                    "and how often greedy answers take the chosen style")
+    ev.add_argument("--style", metavar="REGEX",
+                    help="with --pairs: the chosen style as a regular expression searched in "
+                         "each stripped greedy answer (default: the answer opens with the "
+                         "chosen answer's first three words)")
     ev.add_argument("--out", help="write one JSON line per example here")
     ev.add_argument("--max-tokens", type=int, help="longest answer (default: recipe eval.max_tokens)")
     ev.add_argument("--batch-size", type=int, help="prompts generated together")
@@ -290,22 +295,28 @@ def cmd_eval(args) -> int:
     for path in (args.data, args.pairs):
         if path and not Path(path).exists():
             raise MacftError(f"{path}: file not found")
+    from macft.evaluation import compile_style
+
+    style = compile_style(args.style)
     loaded, recipe = load_for_inference(args.target, args.adapter)
     spec = recipe.data if recipe else DataSpec()
+    ev = recipe.eval if recipe else EvalSpec()
+    max_tokens = args.max_tokens or ev.max_tokens
+    batch = args.batch_size or ev.batch_size
     if args.pairs:
         from macft.evaluation import evaluate_pairs
 
         pairs = evaluate_pairs(loaded.model, loaded.tokenizer, args.pairs, spec,
                                args.batch_size or 8,
-                               recipe is not None and recipe.method != "full")
+                               recipe is not None and recipe.method != "full",
+                               max_tokens, style, batch)
         _console(f"model: {args.target}  pairs: {args.pairs}")
         for line in pairs.lines():
             _console(line)
         if not args.data:
+            if args.out:
+                _write_records(args.out, pairs.records)
             return 0
-    ev = recipe.eval if recipe else EvalSpec()
-    max_tokens = args.max_tokens or ev.max_tokens
-    batch = args.batch_size or ev.batch_size
 
     def progress(done, total):
         print(f"\rgenerating {done}/{total}", end="", file=sys.stderr, flush=True)
@@ -329,13 +340,17 @@ def cmd_eval(args) -> int:
     for line in report.lines():
         _console(line)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w") as fh:
-            for rec in report.records:
-                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        _console(f"predictions: {out}")
+        _write_records(args.out, report.records)
     return 0
+
+
+def _write_records(path: str, records: list[dict]) -> None:
+    from macft.runs import atomic_write
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    _console(f"predictions: {out}")
 
 
 def cmd_generate(args) -> int:

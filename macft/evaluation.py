@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -96,28 +97,63 @@ def evaluate(model, tokenizer, path: str, spec: DataSpec, max_tokens: int, batch
                   task_metrics(predictions, references, schema))
 
 
+def style_match(answer: str, chosen: str, style: re.Pattern | None = None) -> bool:
+    """Whether a generated answer takes the chosen answers' style.
+
+    With ``style`` (a regular expression): it matches somewhere in the stripped answer
+    (``re.search``; anchor it with ``^``/``$``). Without: the answer opens with the same first
+    three words as the pair's chosen answer, the check the README's DPO table makes.
+    """
+    if style is not None:
+        return style.search(answer.strip()) is not None
+    return answer.split()[:3] == chosen.split()[:3]
+
+
+def compile_style(pattern: str | None) -> re.Pattern | None:
+    from macft.errors import MacftError
+
+    if pattern is None:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise MacftError(f"--style: not a regular expression: {exc}") from None
+
+
 @dataclass
 class PairReport:
     pairs: int
     accuracy: float          # share of pairs whose margin prefers chosen (ties count half)
     mean_margin: float
     against: str             # what the log-probs are compared with
+    style: float | None = None          # share of greedy answers in the chosen style
+    style_rule: str = ""
+    exact_chosen: float | None = None   # share of greedy answers equal to the chosen one
+    records: list[dict] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        return [f"pairs         {self.pairs}",
-                f"preference accuracy {self.accuracy:.1%}  (margin > 0; {self.against})",
-                f"mean margin   {self.mean_margin:.4f}"]
+        out = [f"pairs         {self.pairs}",
+               f"preference accuracy {self.accuracy:.1%}  (margin > 0; {self.against})",
+               f"mean margin   {self.mean_margin:.4f}"]
+        if self.style is not None:
+            out += [f"chosen style  {self.style:.1%}  (greedy answers; {self.style_rule})",
+                    f"= chosen      {self.exact_chosen:.1%}  (greedy answer is the chosen one)"]
+        return out
 
 
 def evaluate_pairs(model, tokenizer, path: str, spec: DataSpec, batch_size: int,
-                   has_adapters: bool) -> PairReport:
-    """Preference accuracy and mean margin on held-out pairs.
+                   has_adapters: bool, max_tokens: int = 0, style: re.Pattern | None = None,
+                   generate_batch: int = 32) -> PairReport:
+    """Preference accuracy and mean margin on held-out pairs, and with ``max_tokens`` > 0 how
+    often the greedy answer to each pair's prompt takes the chosen style (``style_match``).
 
     With adapters, the margin is DPO's implicit reward difference: the policy's log-ratio
     against the base (the same model with its adapters switched off), chosen minus rejected.
     Without adapters there is no reference; the margin is then the difference of the mean
     per-token log-probabilities (length-normalised, so a shorter answer is not favoured just
-    for having fewer tokens).
+    for having fewer tokens). The margin says nothing about what the model generates: a run
+    can reach 100% accuracy by pushing the rejected answers down while its answers never take
+    the chosen form, which is why the generations are checked too.
     """
     import numpy as np
 
@@ -126,7 +162,8 @@ def evaluate_pairs(model, tokenizer, path: str, spec: DataSpec, batch_size: int,
     from macft.models.adapters import disabled
     from macft.train.objectives.preference import reference_logps
 
-    pairs = encode_pairs(load_rows(path), tokenizer, spec, path).pairs
+    rows = load_rows(path)
+    pairs = encode_pairs(rows, tokenizer, spec, path).pairs
     batcher = PairBatcher(pairs, batch_size, 0, shuffle=False, pad_id=pad_id(tokenizer))
     pc, pr = reference_logps(model, batcher)
     nc = np.array([max(sum(p.chosen.mask), 1) for p in pairs], dtype=np.float32)
@@ -140,4 +177,23 @@ def evaluate_pairs(model, tokenizer, path: str, spec: DataSpec, batch_size: int,
         margin = margin - (rc - rr)
         against = "log-ratio vs the base model"
     accuracy = float(np.mean((margin > 0) + 0.5 * (margin == 0)))
-    return PairReport(len(pairs), accuracy, float(np.mean(margin)), against)
+    report = PairReport(len(pairs), accuracy, float(np.mean(margin)), against)
+    if max_tokens > 0:
+        _pair_generations(report, model, tokenizer, rows, spec, max_tokens, style,
+                          generate_batch)
+    return report
+
+
+def _pair_generations(report, model, tokenizer, rows, spec, max_tokens, style, batch) -> None:
+    from macft.data.preference import pair_prompt
+    from macft.generation import greedy
+
+    prompts, chosen = zip(*(pair_prompt(row, tokenizer, spec) for row in rows))
+    answers = greedy(model, tokenizer, list(prompts), max_tokens, batch)
+    hits = [style_match(a, c, style) for a, c in zip(answers, chosen)]
+    report.style = sum(hits) / len(hits)
+    report.style_rule = (f"matches /{style.pattern}/" if style is not None
+                         else "opens with the chosen answer's first three words")
+    report.exact_chosen = sum(a.strip() == c.strip() for a, c in zip(answers, chosen)) / len(hits)
+    report.records = [{"prompt": tokenizer.decode(p), "chosen": c, "prediction": a,
+                       "style": h} for p, c, a, h in zip(prompts, chosen, answers, hits)]

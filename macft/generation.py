@@ -40,7 +40,7 @@ def chat_prompt(tokenizer, text: str, system: str | None = None) -> list[int]:
         from jinja2.exceptions import TemplateError
 
         from macft.errors import MacftError
-        from macft.models.template_guard import guard
+        from macft.data.template_guard import guard
 
         messages = ([{"role": "system", "content": system}] if system else [])
         messages.append({"role": "user", "content": text})

@@ -227,13 +227,25 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class PreferenceSpec:
-    beta: float = opt(0.1, "dpo/ipo: strength of the pull toward the reference (KL weight); "
-                           "simpo: reward scale.", bounds=ABOVE_0)
+    beta: float = opt(0.1, "dpo/ipo/kto: strength of the pull toward the reference (KL "
+                           "weight); simpo: reward scale.", bounds=ABOVE_0)
     label_smoothing: float = opt(0.0, "dpo: probability that a pair's labels are flipped "
                                       "(conservative DPO).", bounds=Bounds(ge=0, lt=0.5))
     orpo_lambda: float = opt(0.1, "orpo: weight of the odds-ratio term added to the SFT loss.",
                              bounds=AT_LEAST_0)
     simpo_gamma: float = opt(0.5, "simpo: target reward margin.", bounds=AT_LEAST_0)
+    nll_weight: float = opt(0.0, "dpo/ipo/simpo/orpo: weight of the chosen answers' mean "
+                                 "per-token NLL added to the loss (RPO). The pairwise losses "
+                                 "can be met by pushing the rejected answers down alone; this "
+                                 "pulls the chosen ones up, which is what moves generations. "
+                                 "0: off.", bounds=AT_LEAST_0)
+    dpop_lambda: float = opt(0.0, "dpo: DPOP penalty, lambda * max(0, reference - policy "
+                                  "log-prob of the chosen answer) inside DPO's sigmoid (the "
+                                  "DPOP paper uses 50). 0: plain DPO.", bounds=AT_LEAST_0)
+    kto_desirable_weight: float = opt(1.0, "kto: weight of the desirable (label: true) rows' "
+                                           "loss.", bounds=ABOVE_0)
+    kto_undesirable_weight: float = opt(1.0, "kto: weight of the undesirable (label: false) "
+                                             "rows' loss.", bounds=ABOVE_0)
 
 
 @dataclass(frozen=True)
@@ -255,7 +267,8 @@ class Recipe:
     train: TrainSpec = field(default_factory=TrainSpec, metadata={"help": "Optimisation."})
     eval: EvalSpec = field(default_factory=EvalSpec, metadata={"help": "`macft eval` settings."})
     objective: str = opt("sft", "Training objective: sft on chat/completions/text data; dpo, "
-                                "ipo, orpo or simpo on preference pairs.", choices=OBJECTIVES)
+                                "ipo, orpo or simpo on preference pairs; kto on unpaired "
+                                "rows marked good or bad.", choices=OBJECTIVES)
     preference: PreferenceSpec = field(default_factory=PreferenceSpec,
                                        metadata={"help": "Preference-objective settings."})
     kernels: str = opt("auto", "Training ops: auto = device kernels (Metal) where they apply "

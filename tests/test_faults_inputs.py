@@ -368,7 +368,7 @@ def test_a_runaway_template_stops_in_one_line_while_encoding(tmp_path, tiny_toke
     from copy import deepcopy
 
     from macft.data import encode_rows, load_rows
-    from macft.models import template_guard
+    from macft.data import template_guard
 
     monkeypatch.setattr(template_guard, "LIMIT_SECONDS", 1.0)
     tok = deepcopy(tiny_tokenizer)
@@ -383,7 +383,7 @@ def test_a_runaway_template_stops_in_one_line_while_encoding(tmp_path, tiny_toke
 
 
 def test_a_runaway_template_cannot_hang_generate(tmp_path, tiny_model_dir, monkeypatch, capsys):
-    from macft.models import template_guard
+    from macft.data import template_guard
 
     monkeypatch.setattr(template_guard, "LIMIT_SECONDS", 1.0)
     folder = tmp_path / "slow"
@@ -400,7 +400,7 @@ def test_a_runaway_template_cannot_hang_generate(tmp_path, tiny_model_dir, monke
 def test_an_ordinary_template_renders_as_before(tiny_tokenizer):
     from copy import deepcopy
 
-    from macft.models import template_guard
+    from macft.data import template_guard
 
     plain = deepcopy(tiny_tokenizer)
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]

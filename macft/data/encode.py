@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from macft.errors import MacftError, where
-from macft.models.template_guard import guard
+from macft.data.template_guard import guard
 from macft.recipe import DataSpec
 
 FORMATS = ("chat", "completions", "text")

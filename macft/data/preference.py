@@ -82,6 +82,15 @@ def encode_pair(row: Row, tokenizer, spec: DataSpec) -> Pair:
                 _side(row, messages, rejected, tokenizer, no_prompt_loss))
 
 
+def pair_prompt(row: Row, tokenizer, spec: DataSpec) -> tuple[list[int], str]:
+    """A pair's prompt ids for generation (as training renders it) and its chosen answer."""
+    chosen = _answer(row, "chosen")
+    chat = Row(row.line, {"messages": _conversation(row)
+                          + [{"role": "assistant", "content": chosen}]}, row.source)
+    ids, _ = prompt_and_reference(chat, "chat", tokenizer, spec)
+    return list(ids), chosen
+
+
 def _fit(enc: Encoded, max_length: int) -> Encoded | None:
     if len(enc.ids) <= max_length:
         return enc
@@ -114,6 +123,68 @@ def encode_pairs(rows, tokenizer, spec: DataSpec, path) -> PairSet:
             stats.trained_tokens += sum(enc.mask)
         pairs.append(pair)
     return PairSet(pairs, stats)
+
+
+@dataclass(frozen=True)
+class UnpairedSet:
+    """KTO rows as pairs: ``chosen`` is (prompt i, completion i), ``rejected`` the mismatched
+    (prompt i, completion of row ``partner[i]``) whose log-ratios estimate the KL term."""
+
+    pairs: list[Pair]
+    desirable: np.ndarray      # (n,) bool: the row's label
+    stats: EncodeStats
+
+
+def _label(row: Row) -> bool:
+    if "label" not in row.data or row.data["label"] is None:
+        raise MacftError(f"{row.where}: missing key 'label' (true for a desirable completion, "
+                         f"false for an undesirable one)")
+    value = row.data["label"]
+    if not isinstance(value, bool):
+        raise MacftError(f"{row.where}: key 'label' must be true or false, got {value!r}")
+    return value
+
+
+def mismatch_order(n: int, seed: int) -> np.ndarray:
+    """partner[i] != i (for n > 1): each row's prompt is paired with another row's completion.
+
+    A seeded cycle over a shuffled order: neighbouring rows in a file often share a prompt (one
+    good and one bad completion), which a plain shift by one would pair back together.
+    """
+    order = np.random.default_rng(seed).permutation(n)
+    partner = np.empty(n, dtype=np.int64)
+    partner[order] = np.roll(order, -1)
+    return partner
+
+
+def encode_unpaired(rows, tokenizer, spec: DataSpec, path, seed: int) -> UnpairedSet:
+    """Rows ``{prompt | messages, completion, label}`` for KTO, with their mismatched pairs."""
+    if not rows:
+        raise MacftError(f"{path}: no rows")
+    no_prompt_loss = dataclasses.replace(spec, train_on_prompt=False)
+    parsed = [(row, _conversation(row), _answer(row, "completion"), _label(row)) for row in rows]
+    partner = mismatch_order(len(parsed), seed)
+    stats = EncodeStats(total=len(rows))
+    pairs, labels = [], []
+    for i, (row, messages, completion, label) in enumerate(parsed):
+        own = _side(row, messages, completion, tokenizer, no_prompt_loss)
+        if len(own.ids) > spec.max_length:
+            if spec.overlong == "drop":
+                stats.dropped_overlong += 1
+                continue
+            own = _fit(own, spec.max_length)
+            if own is None:
+                stats.dropped_no_loss += 1
+                continue
+            stats.truncated += 1
+        other = _side(row, messages, parsed[partner[i]][2], tokenizer, no_prompt_loss)
+        other = _fit(other, spec.max_length) or own   # only an estimate: cut, never dropped
+        stats.kept += 1
+        stats.tokens += len(own.ids)
+        stats.trained_tokens += sum(own.mask)
+        pairs.append(Pair(own, other))
+        labels.append(label)
+    return UnpairedSet(pairs, np.array(labels, dtype=bool), stats)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Preference objectives (DPO, IPO, ORPO, SimPO) on per-sequence log-probabilities.
+"""Preference objectives (DPO, DPOP, IPO, ORPO, SimPO, RPO's NLL term) on sequence log-probs.
 
 A preference batch holds 2B sequences: B chosen answers, then the B rejected ones. The policy's
 log-probability of each answer is the sum over its trained tokens; DPO and IPO compare it with
@@ -53,11 +53,32 @@ def _reward_metrics(chosen_reward, rejected_reward) -> dict:
             "accuracy": (chosen_reward > rejected_reward).astype(mx.float32).mean()}
 
 
-def dpo_loss(pc, pr, rc, rr, beta: float, label_smoothing: float = 0.0):
-    """-log sigmoid(beta * ((pc - rc) - (pr - rr))), with optional label smoothing."""
-    z = beta * ((pc - rc) - (pr - rr))
+def dpo_loss(pc, pr, rc, rr, beta: float, label_smoothing: float = 0.0,
+             dpop_lambda: float = 0.0):
+    """-log sigmoid(beta * ((pc - rc) - (pr - rr) - lambda * max(0, rc - pc))).
+
+    With ``dpop_lambda`` > 0 this is DPOP (DPO-Positive, Pal et al. 2024, "Smaug"): plain DPO
+    can raise the margin by lowering both answers' likelihood, the chosen one included; the
+    penalty is positive exactly when the chosen answer's log-prob has fallen below the
+    reference's. Optional label smoothing (conservative DPO) applies to either.
+    """
+    penalty = mx.maximum(rc - pc, 0.0)
+    z = beta * ((pc - rc) - (pr - rr) - dpop_lambda * penalty)
     losses = -(1 - label_smoothing) * nn.log_sigmoid(z) - label_smoothing * nn.log_sigmoid(-z)
-    return losses.mean(), _reward_metrics(beta * (pc - rc), beta * (pr - rr))
+    metrics = _reward_metrics(beta * (pc - rc), beta * (pr - rr))
+    if dpop_lambda:
+        metrics["dpop_penalty"] = penalty.mean()
+    return losses.mean(), metrics
+
+
+def chosen_nll(pc, nc):
+    """The chosen answers' mean per-token negative log-likelihood, averaged over pairs.
+
+    RPO (Pang et al. 2024) adds ``nll_weight`` times this to the preference loss: the pull
+    toward the chosen answers themselves, which the pairwise losses alone lack (they are
+    satisfied by pushing the rejected answer down).
+    """
+    return (-pc / nc).mean()
 
 
 def ipo_loss(pc, pr, rc, rr, nc, nr, beta: float):
@@ -86,7 +107,7 @@ def simpo_loss(pc, pr, nc, nr, beta: float, gamma: float, label_smoothing: float
 
 
 def _dpo(pc, pr, nc, nr, ref, spec):
-    return dpo_loss(pc, pr, ref[0], ref[1], spec.beta, spec.label_smoothing)
+    return dpo_loss(pc, pr, ref[0], ref[1], spec.beta, spec.label_smoothing, spec.dpop_lambda)
 
 
 def _ipo(pc, pr, nc, nr, ref, spec):
@@ -110,15 +131,25 @@ def needs_reference(objective: str) -> bool:
     return LOSSES[objective][1]
 
 
+def pair_loss(objective: str, pc, pr, nc, nr, ref, spec):
+    """The objective's loss on per-pair log-prob sums and token counts, plus the NLL term."""
+    if objective not in LOSSES:
+        raise ValueError(f"not a preference objective: {objective}")
+    loss, metrics = LOSSES[objective][0](pc, pr, nc, nr, ref, spec)
+    if spec.nll_weight:
+        nll = chosen_nll(pc, nc)
+        loss = loss + spec.nll_weight * nll
+        metrics["chosen_nll"] = nll
+    return loss, metrics
+
+
 def preference_loss(model, batch, ref: tuple[mx.array, mx.array] | None, objective: str, spec,
                     weight: float = 1.0):
     """The objective's loss on one batch of pairs, scaled by ``weight`` (accumulation)."""
-    if objective not in LOSSES:
-        raise ValueError(f"not a preference objective: {objective}")
     sums, counts = sequence_logps(model, batch)
     pc, pr = _split(sums)
     nc, nr = _split(mx.maximum(counts, 1.0))
-    loss, metrics = LOSSES[objective][0](pc, pr, nc, nr, ref, spec)
+    loss, metrics = pair_loss(objective, pc, pr, nc, nr, ref, spec)
     return loss * weight, metrics
 
 
@@ -179,9 +210,12 @@ class Preference(Objective):
             stats["valid"] = valid_set.stats.summary().replace("examples", "pairs")
         return DataBundle(train, valid, stats, [])
 
+    def uses_reference(self) -> bool:
+        return needs_reference(self.recipe.objective)
+
     def setup(self, model, run_dir, backend, total_steps) -> None:
         super().setup(model, run_dir, backend, total_steps)
-        if needs_reference(self.recipe.objective):
+        if self.uses_reference():
             self.reference = self._reference(run_dir / "reference_logps.safetensors")
         self.loss_and_grad = nn.value_and_grad(model, self._loss)
 
