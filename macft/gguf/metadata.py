@@ -93,6 +93,17 @@ def _add_rope_scaling(w: gguf.GGUFWriter, config: dict) -> None:
         orig = scaling.get("original_max_position_embeddings")
         if orig:
             w.add_rope_scaling_orig_ctx_len(int(orig))
+        from macft.models.rope import yarn_attn_factor
+
+        if abs(yarn_attn_factor(scaling) - 1.0) > 1e-6:
+            # Measured: llama.cpp's logits with a yarn_attn_factor key match no temperature
+            # of mlx-lm's YarnRoPE, so such a file would not compute what was trained.
+            raise MacftError("GGUF export: YaRN with an attention factor other than 1 "
+                             f"({yarn_attn_factor(scaling):.4g}) is not supported: llama.cpp "
+                             "applies it differently from mlx-lm")
+        # llama.cpp's names; its defaults are Hugging Face's (32, 1).
+        w.add_rope_scaling_yarn_beta_fast(float(scaling.get("beta_fast", 32.0)))
+        w.add_rope_scaling_yarn_beta_slow(float(scaling.get("beta_slow", 1.0)))
     else:
         raise MacftError(f"GGUF export: rope scaling '{kind}' is not supported "
                          "(linear, yarn, llama3)")

@@ -24,8 +24,8 @@ from macft.general.guard import ForgettingGuard
 from macft.kernels import verify
 from macft.events import (Checkpoint, Eval, Failed, Finished, MetricsFile, RunStarted, Sample,
                           Step, StopSignal)
-from macft.models import adapters
-from macft.models.load import Loaded, load_base
+from macft.models import adapters, moe
+from macft.models.load import Loaded, load_spec
 from macft.recipe import Recipe
 from macft.train import checkpoint, distributed, objectives
 from macft.train.objectives.base import DataBundle  # noqa: F401  (re-exported)
@@ -94,6 +94,7 @@ class Trainer:
         self.world = distributed.world()
         self.last_checkpoint: str | None = None
         self.scope: RunScope | None = None
+        self.experts: moe.ExpertFreeze | None = None
 
     def emit(self, event) -> None:
         if not self.world.main:         # one display, one metrics file: rank 0's
@@ -118,8 +119,7 @@ class Trainer:
         self.scope = RunScope(r.kernels)    # undone by close(), which run() always calls
         self.kernel_checks = verify.for_run(r.kernels)     # device kernels: checked, cached
         if self.loaded is None:
-            self.loaded = load_base(r.model.path, r.model.revision, r.model.dtype,
-                                    r.model.chat_template)
+            self.loaded = load_spec(r.model)
         self.model = self.loaded.model
         self.scope.own_caches(self.model)
         self.tokenizer = self.loaded.tokenizer
@@ -131,6 +131,7 @@ class Trainer:
                              "of every batch")
         self.adapter_cfg = adapters.prepare(self.model, r, r.train.seed)
         self.adapter_cfg["model"] = str(self.loaded.source)
+        self.experts = moe.ExpertFreeze.from_recipe(r, self.model)   # None: every expert
         if r.init_adapter and ckpt is None and main:
             adapters.load_adapter_weights(self.model, Path(r.init_adapter))
         self.total = total_steps(r, self.data.train.batches_per_epoch)
@@ -200,9 +201,14 @@ class Trainer:
             grads = self.world.all_sum(grads)
         if grads is None:
             return
+        if self.experts is not None:
+            grads = self.experts.grads(grads)
+            before = self.experts.snapshot(self.model)
         if self.recipe.train.max_grad_norm > 0:
             grads, _ = optim.clip_grad_norm(grads, self.recipe.train.max_grad_norm)
         self.optimizer.update(self.model, grads)
+        if self.experts is not None:
+            self.experts.restore(self.model, before)
         mx.eval(self.model.parameters(), self.optimizer.state)
 
     # ----- evaluation -------------------------------------------------------------------------
