@@ -24,7 +24,7 @@ from macft.general.guard import ForgettingGuard
 from macft.kernels import verify
 from macft.events import (Checkpoint, Eval, Failed, Finished, MetricsFile, RunStarted, Sample,
                           Step, StopSignal)
-from macft.models import adapters, moe
+from macft.models import adapters, hybrid, moe
 from macft.models.load import Loaded, load_spec
 from macft.recipe import Recipe
 from macft.train import checkpoint, distributed, objectives
@@ -123,6 +123,7 @@ class Trainer:
         self.model = self.loaded.model
         self.scope.own_caches(self.model)
         self.tokenizer = self.loaded.tokenizer
+        hybrid.check_recipe(r, self.model, self.loaded.config.get("model_type", ""))
         self.objective = objectives.create(r, self.world)
         self.data = self.objective.load_data(self.tokenizer)
         if self.world.active and self.data.train.batch_size < self.world.size:

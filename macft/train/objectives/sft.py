@@ -10,7 +10,7 @@ import numpy as np
 from mlx.utils import tree_map
 
 from macft.errors import MacftError
-from macft.models import moe, patch
+from macft.models import hybrid, moe, patch
 from macft.train import distributed
 from macft.train.loss import mean_loss, sft_loss, trained_positions, weighted_sft_loss
 from macft.train.objectives.base import DataBundle, Objective, StepResult
@@ -79,6 +79,8 @@ class Sft(Objective):
         if not (self.backend.device == "cpu" and self.backend.dtype == "float32"
                 and r.kernels != "stock" and fastexp.available()):
             return False
+        if hybrid.linear_attention_layers(self.model):
+            return False                # the traced recurrence is unrolled (models.hybrid)
         shapes = len(self.data.train.widths())
         return total_steps * r.train.grad_accum >= COMPILE_REUSE * shapes
 
