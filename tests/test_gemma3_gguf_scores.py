@@ -78,12 +78,17 @@ def scored(tmp_path_factory):
     """(MLX exact match, the prompts' ids, references, {file label: (path, lora)})."""
     tmp = tmp_path_factory.mktemp("gemma-scores")
     run = _run_folder(tmp)
+    start = time.monotonic()
     loaded, recipe = load_for_inference(str(run))
     rows_limit = int(os.environ.get("MACFT_GEMMA_ROWS", "0"))
     report = evaluate(loaded.model, loaded.tokenizer, str(TEST), recipe.data, MAX_TOKENS, 50,
                       limit=rows_limit, with_loss=False)
     rows = load_rows(str(TEST))[:rows_limit or None]
     pairs = [prompt_and_reference(row, "chat", loaded.tokenizer, recipe.data) for row in rows]
+    mlx_predictions = [r["prediction"] for r in report.records]
+    print(f"macft eval: {100 * report.exact_match:.1f}% on {len(rows)} rows "
+          f"({time.monotonic() - start:.0f} s)")
+    start = time.monotonic()
     files = {"base+adapter": (loaded.source,
                               write_lora_gguf(loaded.model, loaded.config, tmp / "lora.gguf",
                                               name="gemma3-quickstart-lora"))}
@@ -92,12 +97,13 @@ def scored(tmp_path_factory):
         written = write_gguf(loaded.model, loaded.config, loaded.tokenizer, tmp / f"{quant}.gguf",
                              quant, name="gemma3-quickstart", tokenizer_gguf=loaded.source)
         files[quant] = (written.path, None)
-    return 100.0 * report.exact_match, pairs, files, loaded.tokenizer, rows
+    print(f"exports: {', '.join(files)} ({time.monotonic() - start:.0f} s)")
+    return 100.0 * report.exact_match, pairs, files, loaded.tokenizer, rows, mlx_predictions
 
 
 def llama_greedy(path, lora, prompts: list[list[int]], stop: set[int], tokenizer) -> list[str]:
     """llama.cpp's greedy answer to each prompt (token ids), decoded as `macft eval` does."""
-    llm = llamacpp.open_gguf(path, n_ctx=512, lora=lora)
+    llm = llamacpp.open_gguf(path, n_ctx=512, lora=lora, n_threads=os.cpu_count())
     out = []
     for ids in prompts:
         answer = []
@@ -111,14 +117,16 @@ def llama_greedy(path, lora, prompts: list[list[int]], stop: set[int], tokenizer
 
 @pytest.mark.parametrize("label", ["f16", "q8_0", "q4_k_m", "base+adapter"])
 def test_llama_cpp_scores_within_two_points_of_macft_eval(scored, label):
-    mlx_score, pairs, files, tokenizer, _ = scored
+    mlx_score, pairs, files, tokenizer, _, mlx_predictions = scored
     path, lora = files[label]
     stop = set(tokenizer.eos_token_ids)
     start = time.monotonic()
     predictions = llama_greedy(path, lora, [p for p, _ in pairs], stop, tokenizer)
     exact, *_ = score(predictions, [r for _, r in pairs])
-    print(f"{label}: llama.cpp exact match {100 * exact:.1f}% vs macft eval {mlx_score:.1f}% "
-          f"({len(pairs)} rows, {time.monotonic() - start:.0f} s)")
+    same = sum(a.strip() == b.strip() for a, b in zip(predictions, mlx_predictions))
+    print(f"\n{label}: llama.cpp exact match {100 * exact:.1f}% vs macft eval {mlx_score:.1f}%; "
+          f"the same answer as MLX on {same}/{len(pairs)} rows "
+          f"({time.monotonic() - start:.0f} s)", flush=True)
     assert mlx_score >= 80.0 or os.environ.get("MACFT_GEMMA_ROWS"), mlx_score
     assert abs(100 * exact - mlx_score) <= 2.0, (label, 100 * exact, mlx_score)
 
@@ -128,11 +136,11 @@ def test_exported_files_carry_gemmas_turns_for_llama_cpp(scored):
     it gives the ids `macft eval` used (so `macft chat x.gguf` asks as training taught)."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    _, pairs, files, tokenizer, rows = scored
+    _, pairs, files, tokenizer, rows, _ = scored
     path, _ = files["q8_0"]
     template = read_header(path).metadata["tokenizer.chat_template"]
     assert "<start_of_turn>" in template
-    llm = llamacpp.open_gguf(path, n_ctx=512)
+    llm = llamacpp.open_gguf(path, n_ctx=512, n_threads=os.cpu_count())
     fmt = Jinja2ChatFormatter(template, eos_token="<eos>", bos_token="<bos>")
     for row, (ids, _) in list(zip(rows, pairs))[:5]:
         prompt = fmt(messages=row.data["messages"][:-1]).prompt
