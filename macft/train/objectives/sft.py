@@ -143,9 +143,9 @@ class Sft(Objective):
             loss, g = self._loss_and_grad(b, denom, real_total)
             if self.routed:
                 loss, (aux, shares) = loss
-                routing.append((float(b.real().sum()), aux, shares))
+                routing.append((float(b.lengths.sum()), aux, shares))
             grads = g if grads is None else tree_map(mx.add, grads, g)
-            mx.eval(loss, grads)
+            mx.eval(loss, grads, [r[1:] for r in routing[-1:]])
             total_loss += loss.item()
         return StepResult(self.world.total(total_loss), sum(b.tokens for b in batches), grads,
                           _routing_metrics(routing))
