@@ -2,9 +2,13 @@
 
     python bench/vs_mlx_lm.py                      # the full tables (long: ~1 hour here)
     python bench/vs_mlx_lm.py --lengths 512 --tools macft,mlx_lm+openblas --steps 6
+    python bench/vs_mlx_lm.py --models gemma3 --kinds lora --lengths 160 --scaling ''
 
 Both tools train SmolLM2-135M (the shipped GGUF, written once as Hugging Face folders both
-tools open: float32 weights for LoRA, the 4-bit group-32 base for QLoRA) on the same text rows,
+tools open: float32 weights for LoRA, the 4-bit group-32 base for QLoRA), or Gemma 3 270M
+(``--models gemma3``: its Q4_K_M GGUF from the gemma3-270m packages, dequantized into a float32
+folder; LoRA only, its 262k vocabulary makes mlx_lm's full logits the memory peak) on the same
+text rows,
 each cut to the same length, with the same batch size, rank (8), scale (2.0), targets (every
 linear layer of every block), optimizer (Adam, constant learning rate 1e-4, no clipping) and
 number of steps. Every run is its own process; runs alternate between tools. mlx_lm.lora runs
@@ -31,6 +35,12 @@ import time
 from pathlib import Path
 
 CACHE = Path(os.environ.get("MACFT_BENCH_CACHE", Path.home() / ".cache" / "macft" / "bench"))
+# name -> (macft alias, bench folder prefix, matmul shapes: d, layers, ffn, heads, kv, head dim,
+# vocab)
+MODELS = {
+    "smollm2": ("smollm2-135m-instruct", "smollm2-135m", (576, 30, 1536, 9, 3, 64, 49152)),
+    "gemma3": ("gemma3-270m", "gemma3-270m", (640, 18, 2048, 4, 1, 256, 262144)),
+}
 RANK, SCALE, LR = 8, 2.0, 1e-4
 TOOLS = ("macft", "mlx_lm+openblas", "mlx_lm")
 
@@ -57,13 +67,16 @@ def write_data(folder: Path, rows: int = 24, words: int = 3000) -> None:
                 fh.write(json.dumps({"text": text}) + "\n")
 
 
-def prepare() -> dict:
-    """Model folders (float32 and 4-bit) and the data, made once under CACHE."""
-    paths = {"f32": CACHE / "smollm2-135m-f32", "q4": CACHE / "smollm2-135m-q4",
+def prepare(name: str = "smollm2", kinds: tuple = ("lora", "qlora")) -> dict:
+    """Model folders (float32 and, for qlora, 4-bit) and the data, made once under CACHE."""
+    alias, prefix, _ = MODELS[name]
+    paths = {"f32": CACHE / f"{prefix}-f32", "q4": CACHE / f"{prefix}-q4",
              "data": CACHE / "text"}
     if not (paths["data"] / "train.jsonl").exists():
         write_data(paths["data"])
-    if (paths["f32"] / "config.json").exists() and (paths["q4"] / "config.json").exists():
+    keys = ["q4"] if "qlora" in kinds else []
+    keys.append("f32")
+    if all((paths[k] / "config.json").exists() for k in keys):
         return paths
     import macft  # noqa: F401
     from mlx_lm.utils import dequantize_model
@@ -71,10 +84,10 @@ def prepare() -> dict:
     from macft.models.fuse import save_folder
     from macft.models.load import load_base
 
-    for key in ("q4", "f32"):
+    for key in keys:
         if (paths[key] / "config.json").exists():
             continue
-        loaded = load_base("smollm2-135m-instruct", dtype="float32")
+        loaded = load_base(alias, dtype="float32")
         model = loaded.model
         if key == "f32":
             model = dequantize_model(model)
@@ -183,12 +196,12 @@ def run_child(tool: str, model: Path, data: Path, length: int, batch: int, steps
 
 
 # ----- FLOPs and the tables ----------------------------------------------------------------------
-def step_flops(length: int, batch: int) -> float:
-    """Matmul FLOPs of one LoRA step of SmolLM2-135M on batch x length tokens."""
-    d, layers, ffn, heads, kv, hd, vocab = 576, 30, 1536, 9, 3, 64, 49152
+def step_flops(length: int, batch: int, name: str = "smollm2") -> float:
+    """Matmul FLOPs of one LoRA step of the model ``name`` on batch x length tokens."""
+    d, layers, ffn, heads, kv, hd, vocab = MODELS[name][2]
     tokens = batch * length
-    linear = layers * (d * d * 2 + d * kv * hd * 2 + 3 * d * ffn) + d * vocab
-    adapters = layers * RANK * ((d + d) * 2 + (d + kv * hd) * 2 + (d + ffn) * 3)
+    linear = layers * (d * heads * hd * 2 + d * kv * hd * 2 + 3 * d * ffn) + d * vocab
+    adapters = layers * RANK * ((d + heads * hd) * 2 + (d + kv * hd) * 2 + (d + ffn) * 3)
     attention = layers * 2 * 2 * length * hd * heads  # QK^T and PV per token (full square)
     # forward 2 per weight; backward: input gradient 2 (frozen) + adapters' weight gradient 2.
     return tokens * (2 * linear * 2 + 2 * adapters * 3 + attention * 3)
@@ -203,6 +216,8 @@ def summary(result: dict, skip: int = 1) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="smollm2",
+                    help=f"comma-separated: {', '.join(MODELS)}")
     ap.add_argument("--lengths", default="512,2048")
     ap.add_argument("--tools", default=",".join(TOOLS))
     ap.add_argument("--kinds", default="lora,qlora")
@@ -228,12 +243,16 @@ def main() -> None:
         print(json.dumps(fn(args)))
         return
 
-    paths = prepare()
     blas = run_child_blas()
     tools = args.tools.split(",")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
           f"{platform.platform()}; float32 BLAS peak (2048 matmul): {blas:.0f} GFLOP/s")
-    print(f"SmolLM2-135M, batch {args.batch}, rank {RANK}, all linear layers, Adam {LR}, "
+    for name in args.models.split(","):
+        table(args, name, prepare(name, tuple(args.kinds.split(","))), blas, tools)
+
+
+def table(args, name: str, paths: dict, blas: float, tools: list[str]) -> None:
+    print(f"\n{MODELS[name][0]}, batch {args.batch}, rank {RANK}, all linear layers, Adam {LR}, "
           f"{args.steps} steps ({args.installed_steps} for mlx_lm as installed)\n")
     header = (f"{'kind':<6}{'T':>6}  {'tool':<17}{'tok/s':>8}{'s/step':>8}{'peak GB':>9}"
               f"{'loss':>8}{'matmul % of peak':>18}")
@@ -250,7 +269,7 @@ def main() -> None:
                 r = summary(run_child(tool, model, paths["data"], length, args.batch, steps,
                                       kind == "qlora"))
                 rows[(kind, length, tool)] = r
-                share = step_flops(length - 1, args.batch) / r["step_s"] / 1e9 / blas
+                share = step_flops(length - 1, args.batch, name) / r["step_s"] / 1e9 / blas
                 print(f"{kind:<6}{length:>6}  {tool:<17}{r['tok_s']:>8.1f}{r['step_s']:>8.1f}"
                       f"{r['peak_gb']:>9.2f}{r['loss']:>8.3f}{share:>17.0%}", flush=True)
             ratios(rows, kind, length)

@@ -291,6 +291,8 @@ class ConsoleProgress:
             self._line(f"[{bar}] {event.step}/{event.total_steps} loss {event.loss:.4f} "
                        + (f"acc {event.metrics['accuracy']:.2f} " if "accuracy" in event.metrics
                           else "")
+                       + (f"expert max share {event.metrics['moe_max_share']:.2f} "
+                          if "moe_max_share" in event.metrics else "")
                        + f"lr {event.learning_rate:.2e} {event.tokens_per_sec:,.0f} tok/s "
                        f"elapsed {_fmt_time(event.elapsed)} eta {_fmt_time(event.eta)}")
         elif isinstance(event, Eval):

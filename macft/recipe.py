@@ -126,6 +126,26 @@ METHODS = ("lora", "dora", "qlora", "full")
 
 
 @dataclass(frozen=True)
+class RopeScalingSpec:
+    type: str = opt("none", "RoPE scaling for tuning and running past the model's native "
+                            "context: linear (positions divided by factor) or yarn (NTK-by-parts "
+                            "interpolation with attention temperature); carried into the "
+                            "exported GGUF's rope.scaling metadata.",
+                    choices=("none", "linear", "yarn"))
+    factor: float = opt(1.0, "Context extension factor (new context / native context).")
+    original_max_position_embeddings: int = opt(
+        0, "The native context the model was trained at; 0: the model's own "
+           "max_position_embeddings (GGUF: context_length).")
+    beta_fast: float = opt(32.0, "yarn: rotations below which a dimension is interpolated "
+                                 "fully (llama.cpp and Hugging Face default 32).")
+    beta_slow: float = opt(1.0, "yarn: rotations above which a dimension is left as it was "
+                                "(default 1).")
+    attn_factor: float = opt(1.0, "yarn: factor on the attention temperature 1 + 0.1 ln(factor) "
+                                  "(llama.cpp's yarn_attn_factor; default 1). GGUF export "
+                                  "takes only 1: llama.cpp applies other values differently.")
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     path: str = opt("smollm2-135m-instruct",
                     "A local Hugging Face folder, a hub id, a .gguf file, or an alias "
@@ -136,6 +156,8 @@ class ModelSpec:
     chat_template: str | None = opt(
         None, "Chat template for a base model without one: a built-in (gemma, chatml) or a "
               ".jinja file; default: the model's own, else its family's (Gemma 3: gemma).")
+    rope_scaling: RopeScalingSpec = field(default_factory=RopeScalingSpec,
+                                          metadata={"help": "RoPE scaling (long context)."})
 
 
 @dataclass(frozen=True)
@@ -249,6 +271,19 @@ class PreferenceSpec:
 
 
 @dataclass(frozen=True)
+class MoeSpec:
+    aux_loss_weight: float = opt(
+        0.0, "Mixture-of-experts models: weight of the router's load-balancing loss added to "
+             "the SFT loss (Switch Transformer: n_experts * sum_i f_i * P_i, f_i the share of "
+             "routed tokens and P_i the mean router probability of expert i, averaged over "
+             "the MoE layers; 1 when balanced); 0 turns it off; e.g. 0.01.")
+    train_experts: list = opt(
+        [], "Mixture-of-experts models: train only these experts (indices) of every MoE "
+            "layer; the other experts' LoRA (or, with method full, weights) stay bitwise "
+            "unchanged; attention and the router still train. Empty: all experts.")
+
+
+@dataclass(frozen=True)
 class EvalSpec:
     max_tokens: int = opt(128, "Longest generated answer in `macft eval`.", bounds=AT_LEAST_1)
     batch_size: int = opt(32, "Prompts generated together in `macft eval`.", bounds=AT_LEAST_1)
@@ -266,6 +301,8 @@ class Recipe:
     data: DataSpec = field(default_factory=DataSpec, metadata={"help": "Data sets and format."})
     train: TrainSpec = field(default_factory=TrainSpec, metadata={"help": "Optimisation."})
     eval: EvalSpec = field(default_factory=EvalSpec, metadata={"help": "`macft eval` settings."})
+    moe: MoeSpec = field(default_factory=MoeSpec,
+                         metadata={"help": "Mixture-of-experts routing and expert choice."})
     objective: str = opt("sft", "Training objective: sft on chat/completions/text data; dpo, "
                                 "ipo, orpo or simpo on preference pairs; kto on unpaired "
                                 "rows marked good or bad.", choices=OBJECTIVES)
@@ -378,6 +415,8 @@ def _build(cls, raw: dict, src: str, prefix: str = ""):
 def _validate(recipe: Recipe, src: str) -> Recipe:
     """Checks beyond each field's type, choices and range (those ``_build`` checks as it reads)."""
     _check_name(recipe.name, f"{src}: key 'name'")
+    _validate_moe(recipe.moe, recipe.objective, src)
+    _validate_rope(recipe.model.rope_scaling, src)
     return recipe
 
 
@@ -387,6 +426,34 @@ def _check_name(name: str, what: str) -> None:
             or name.startswith("~")):
         raise MacftError(f"{what} must be a plain folder name (no '/', '\\', '..' or '~'), "
                          f"got {name!r}; use output=PATH to choose the folder")
+
+
+def _validate_rope(rope: RopeScalingSpec, src: str) -> None:
+    key = "model.rope_scaling"
+    if rope.type == "none":
+        return
+    if rope.factor < 1:
+        raise MacftError(f"{src}: key '{key}.factor' must be >= 1, got {rope.factor}")
+    if rope.original_max_position_embeddings < 0:
+        raise MacftError(f"{src}: key '{key}.original_max_position_embeddings' must be >= 0")
+    if rope.beta_fast <= rope.beta_slow or rope.beta_slow <= 0:
+        raise MacftError(f"{src}: keys '{key}.beta_fast' > '{key}.beta_slow' > 0 required, "
+                         f"got {rope.beta_fast} and {rope.beta_slow}")
+    if rope.attn_factor <= 0:
+        raise MacftError(f"{src}: key '{key}.attn_factor' must be positive")
+
+
+def _validate_moe(moe: MoeSpec, objective: str, src: str) -> None:
+    if moe.aux_loss_weight < 0:
+        raise MacftError(f"{src}: key 'moe.aux_loss_weight' must be >= 0, "
+                         f"got {moe.aux_loss_weight}")
+    if moe.aux_loss_weight > 0 and objective != "sft":
+        raise MacftError(f"{src}: key 'moe.aux_loss_weight' applies to objective sft only "
+                         f"(this recipe's objective is {objective})")
+    for i in moe.train_experts:
+        if not isinstance(i, int) or isinstance(i, bool) or i < 0:
+            raise MacftError(f"{src}: key 'moe.train_experts' holds expert indices (integers "
+                             f">= 0), got {i!r}")
 
 
 def from_dict(raw: dict, src: str = "<recipe>") -> Recipe:

@@ -16,6 +16,12 @@ class Batch:
     mask: np.ndarray      # (B, T) float32 = mask[1:], 0 on padding
     segments: np.ndarray | None  # (B, T) int32 segment of each input position, -1 on padding
     tokens: int           # non-pad input tokens (for tokens/s)
+    lengths: np.ndarray | None = None  # (B,) int32 non-pad input tokens of each row
+
+    def real(self) -> np.ndarray:
+        """(B, T) float32: 1 on each row's real input positions, 0 on padding."""
+        width = self.inputs.shape[1]
+        return (np.arange(width)[None, :] < self.lengths[:, None]).astype(np.float32)
 
 
 class Batcher:
@@ -86,6 +92,7 @@ class Batcher:
         mask = np.zeros((len(seqs), T), dtype=np.float32)
         segments = np.full((len(seqs), T), -1, dtype=np.int32) if self.packed else None
         tokens = 0
+        lengths = np.zeros((len(seqs),), dtype=np.int32)
         for b, s in enumerate(seqs):
             n = len(s.ids) - 1
             inputs[b, :n] = s.ids[:-1]
@@ -94,7 +101,8 @@ class Batcher:
             if segments is not None:
                 segments[b, :n] = s.segments[:-1]
             tokens += max(n, 0)
-        return Batch(inputs, targets, mask, segments, tokens)
+            lengths[b] = max(n, 0)
+        return Batch(inputs, targets, mask, segments, tokens, lengths)
 
 
 def pad_id(tokenizer) -> int:

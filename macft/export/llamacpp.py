@@ -29,6 +29,20 @@ def require():
     return llama_cpp
 
 
+def yarn_settings(metadata: dict) -> dict:
+    """llama-cpp-python passes YaRN's betas itself (32 and 1), which override the file's; the
+    file's values, for ``Llama(...)``."""
+    arch = metadata.get("general.architecture", "")
+    if metadata.get(f"{arch}.rope.scaling.type") != "yarn":
+        return {}
+    out = {}
+    for key in ("yarn_beta_fast", "yarn_beta_slow"):
+        value = metadata.get(f"{arch}.rope.scaling.{key}")
+        if value is not None:
+            out[key] = float(value)
+    return out
+
+
 def open_gguf(path: str | Path, n_ctx: int = 2048, logits_all: bool = False,
               lora: str | Path | None = None, n_threads: int | None = None):
     """A ``llama_cpp.Llama`` for ``path`` (and optionally a LoRA adapter GGUF)."""
@@ -42,6 +56,7 @@ def open_gguf(path: str | Path, n_ctx: int = 2048, logits_all: bool = False,
         read_header(lora)
     llama_cpp = require()
     kwargs = {"n_threads": n_threads} if n_threads else {}
+    kwargs.update(yarn_settings(header.metadata))
     try:
         return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, logits_all=logits_all,
                                lora_path=str(lora) if lora else None, verbose=False, **kwargs)

@@ -161,7 +161,8 @@ def write_gguf(model: nn.Module, config: dict, tokenizer, out: str | Path, quant
             metadata.add_model_metadata(w, dict(config, vocab_size=n_vocab), name, spec.file_type,
                                         quantized)
             if tokenizer_gguf is not None:
-                vocab.copy_gguf_tokenizer(w, Path(tokenizer_gguf), n_vocab)
+                vocab.copy_gguf_tokenizer(w, Path(tokenizer_gguf), n_vocab,
+                                          vocab.chat_template_of(tokenizer))
             else:
                 vocab.add_hf_tokenizer(w, tokenizer, n_vocab)
             for p in planned:

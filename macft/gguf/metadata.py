@@ -6,6 +6,8 @@ value goes through gguf-py's typed ``add_*`` helpers.
 
 from __future__ import annotations
 
+import math
+
 import gguf
 
 from macft.errors import MacftError
@@ -22,6 +24,18 @@ def gguf_architecture(config: dict) -> str:
 
 def head_dim(config: dict) -> int:
     return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
+
+
+def _mscale(s: float, m: float) -> float:
+    return 1.0 if s <= 1 else 0.1 * m * math.log(s) + 1.0
+
+
+def yarn_attn_factor(scaling: dict) -> float:
+    """llama.cpp's ``attn_factor`` for a Hugging Face / mlx-lm YaRN config."""
+    s = float(scaling["factor"])
+    eff = _mscale(s, float(scaling.get("mscale", 1.0))) / _mscale(
+        s, float(scaling.get("mscale_all_dim", 0.0)))
+    return eff / _mscale(s, 1.0)
 
 
 def rope_scaling(config: dict) -> dict | None:
@@ -93,6 +107,16 @@ def _add_rope_scaling(w: gguf.GGUFWriter, config: dict) -> None:
         orig = scaling.get("original_max_position_embeddings")
         if orig:
             w.add_rope_scaling_orig_ctx_len(int(orig))
+
+        if abs(yarn_attn_factor(scaling) - 1.0) > 1e-6:
+            # Measured: llama.cpp's logits with a yarn_attn_factor key match no temperature
+            # of mlx-lm's YarnRoPE, so such a file would not compute what was trained.
+            raise MacftError("GGUF export: YaRN with an attention factor other than 1 "
+                             f"({yarn_attn_factor(scaling):.4g}) is not supported: llama.cpp "
+                             "applies it differently from mlx-lm")
+        # llama.cpp's names; its defaults are Hugging Face's (32, 1).
+        w.add_rope_scaling_yarn_beta_fast(float(scaling.get("beta_fast", 32.0)))
+        w.add_rope_scaling_yarn_beta_slow(float(scaling.get("beta_slow", 1.0)))
     else:
         raise MacftError(f"GGUF export: rope scaling '{kind}' is not supported "
                          "(linear, yarn, llama3)")

@@ -382,6 +382,14 @@ def _rope_scaling(header: GGUFHeader, get, head_dim: int, base: float) -> dict |
         orig = get("rope.scaling.original_context_length", None, required=False)
         if orig:
             out["original_max_position_embeddings"] = int(orig)
+        for key, hf in (("yarn_beta_fast", "beta_fast"), ("yarn_beta_slow", "beta_slow")):
+            value = get(f"rope.scaling.{key}", None, required=False)
+            if value is not None:
+                out[hf] = float(value)
+        attn = get("rope.scaling.yarn_attn_factor", None, required=False)
+        if attn is not None and abs(float(attn) - 1.0) > 1e-6:
+            raise MacftError(f"{name}: YaRN with rope.scaling.yarn_attn_factor {float(attn):g} "
+                             "is not supported (only 1)")
         return out
     if kind not in ("none", None):
         raise MacftError(f"{name}: rope scaling '{kind}' is not supported")

@@ -19,9 +19,14 @@ from macft.gguf.tokenizer import (BYTE, CONTROL, LLAMA3_REGEX, NORMAL, QWEN2_REG
                                          UNKNOWN, UNUSED, USER_DEFINED)
 
 
-def copy_gguf_tokenizer(w: gguf.GGUFWriter, source: Path, n_vocab: int) -> None:
-    """Copy every ``tokenizer.*`` key of ``source`` with its exact value type."""
+def copy_gguf_tokenizer(w: gguf.GGUFWriter, source: Path, n_vocab: int,
+                        chat_template: str | None = None) -> None:
+    """Copy every ``tokenizer.*`` key of ``source`` with its exact value type; a base file
+    without ``tokenizer.chat_template`` (Gemma 3 270M) gets ``chat_template``, the one the
+    model was trained with, so llama.cpp front ends render the same turns."""
     reader = gguf.GGUFReader(str(source))
+    if chat_template and "tokenizer.chat_template" not in reader.fields:
+        w.add_chat_template(chat_template)
     tokens = reader.fields.get("tokenizer.ggml.tokens")
     if tokens is not None and len(tokens.data) != n_vocab:
         raise MacftError(f"{source.name}: {len(tokens.data)} tokens but the model has "
@@ -175,8 +180,17 @@ def _add_specials(w: gguf.GGUFWriter, tok) -> None:
     probe = tok.encode("a")
     w.add_add_bos_token(bool(ids["bos"] is not None and probe[:1] == [ids["bos"]]))
     w.add_add_eos_token(bool(ids["eos"] is not None and probe[-1:] == [ids["eos"]]))
+    template = chat_template_of(tok)
+    if template:
+        w.add_chat_template(template)
+
+
+def chat_template_of(tokenizer) -> str | None:
+    """The chat template text of a tokenizer (or mlx-lm's wrapper of one), if it has one."""
+    tok = tokenizer
+    if getattr(tok, "chat_template", None) is None:
+        tok = getattr(tok, "_tokenizer", tok)
     template = getattr(tok, "chat_template", None)
     if isinstance(template, dict):
         template = template.get("default") or next(iter(template.values()), None)
-    if template:
-        w.add_chat_template(template)
+    return template or None

@@ -194,7 +194,9 @@ def _load_hf(folder: Path):
 
 
 def load_base(path: str, revision: str | None = None, dtype: str = "auto",
-              chat_template: str | None = None, local_only: bool = False) -> Loaded:
+              chat_template: str | None = None, rope_scaling=None,
+              local_only: bool = False) -> Loaded:
+    """``rope_scaling``: a recipe's ``model.rope_scaling`` (``models.rope``), or None."""
     kind, source = resolve(path, revision, local_only)
     if kind == "gguf":
         from macft.gguf.reader import load_gguf
@@ -202,6 +204,10 @@ def load_base(path: str, revision: str | None = None, dtype: str = "auto",
         model, tokenizer, config = load_gguf(source)
     else:
         model, tokenizer, config = _load_hf(source)
+    if rope_scaling is not None:
+        from macft.models import rope
+
+        rope.apply(model, config, rope_scaling)
     chat_templates.apply(tokenizer, config, chat_template)
     compute = getattr(mx, runtime.backend(dtype).dtype)
     cast_floats(model, compute)
@@ -209,6 +215,13 @@ def load_base(path: str, revision: str | None = None, dtype: str = "auto",
     patch.install(model)
     mx.eval(model.parameters())
     return Loaded(model, tokenizer, config, source, kind)
+
+
+def load_spec(spec, local_only: bool = False) -> Loaded:
+    """The base model a recipe's ``model`` section names, as it says to load it
+    (``local_only``: never a hub lookup, e.g. for a run's recorded base)."""
+    return load_base(spec.path, spec.revision, spec.dtype, spec.chat_template, spec.rope_scaling,
+                     local_only=local_only)
 
 
 def read_json(path: Path) -> dict:
@@ -238,8 +251,7 @@ def load_for_inference(target: str, adapter: str | None = None):
     if recipe.stages:  # a staged run is used with its last stage's adapter
         recipe = recipe_mod.stage_recipes(recipe)[-1]
         run_dir = recipe.run_dir
-    loaded = load_base(recipe.model.path, recipe.model.revision, recipe.model.dtype,
-                       recipe.model.chat_template, local_only=True)
+    loaded = load_spec(recipe.model, local_only=True)
     adapters_mod.prepare(loaded.model, recipe, recipe.train.seed)
     adapters_mod.load_adapter_weights(loaded.model, Path(adapter) if adapter else
                                       adapter_dir(run_dir))

@@ -26,8 +26,8 @@ from macft.general.guard import ForgettingGuard
 from macft.kernels import verify
 from macft.events import (Checkpoint, Eval, Failed, Finished, MetricsFile, Notice, RunStarted,
                           Sample, Step, StopSignal)
-from macft.models import adapters
-from macft.models.load import Loaded, load_base
+from macft.models import adapters, hybrid, moe
+from macft.models.load import Loaded, load_spec
 from macft.recipe import Recipe
 from macft.train import checkpoint, distributed, objectives, resume
 from macft.train.objectives.base import DataBundle  # noqa: F401  (re-exported)
@@ -114,6 +114,7 @@ class Trainer:
         self.scope: RunScope | None = None
         self.allow_changes = allow_changes  # resume despite a changed recipe or data
         self.nonfinite = 0                  # non-finite steps in a row (skipped updates)
+        self.experts: moe.ExpertFreeze | None = None
 
     def emit(self, event) -> None:
         if not self.world.main:         # one display, one metrics file: rank 0's
@@ -138,11 +139,11 @@ class Trainer:
         self.scope = RunScope(r.kernels)    # undone by close(), which run() always calls
         self.kernel_checks = verify.for_run(r.kernels)     # device kernels: checked, cached
         if self.loaded is None:
-            self.loaded = load_base(r.model.path, r.model.revision, r.model.dtype,
-                                    r.model.chat_template, local_only=ckpt is not None)
+            self.loaded = load_spec(r.model, local_only=ckpt is not None)
         self.model = self.loaded.model
         self.scope.own_caches(self.model)
         self.tokenizer = self.loaded.tokenizer
+        hybrid.check_recipe(r, self.model, self.loaded.config.get("model_type", ""))
         self.objective = objectives.create(r, self.world)
         self.objective.emit = self.emit
         self.data = self.objective.load_data(self.tokenizer)
@@ -152,6 +153,7 @@ class Trainer:
                              "of every batch")
         self.adapter_cfg = adapters.prepare(self.model, r, r.train.seed)
         self.adapter_cfg["model"] = str(self.loaded.source)
+        self.experts = moe.ExpertFreeze.from_recipe(r, self.model)   # None: every expert
         if r.init_adapter and ckpt is None and main:
             adapters.load_adapter_weights(self.model, Path(r.init_adapter))
         self.total = total_steps(r, self.data.train.batches_per_epoch)
@@ -231,6 +233,9 @@ class Trainer:
             grads = self.world.all_sum(grads)
         if grads is None:
             return
+        if self.experts is not None:
+            grads = self.experts.grads(grads)
+            frozen = self.experts.snapshot(self.model)
         if self.recipe.train.max_grad_norm > 0:
             grads, norm = optim.clip_grad_norm(grads, self.recipe.train.max_grad_norm)
         else:
@@ -241,6 +246,8 @@ class Trainer:
             return
         before = (self.model.trainable_parameters(), tree_map(lambda x: x, self.optimizer.state))
         self.optimizer.update(self.model, grads)
+        if self.experts is not None:
+            self.experts.restore(self.model, frozen)
         ok = finite.all_finite(self.model.trainable_parameters())
         mx.eval(self.model.parameters(), self.optimizer.state, ok)
         if not self._agree_finite(ok.item()):
