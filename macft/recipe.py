@@ -173,6 +173,38 @@ class PreferenceSpec:
     simpo_gamma: float = opt(0.5, "simpo: target reward margin.")
 
 
+GRPO_LOSSES = ("grpo", "dr_grpo", "dapo", "gspo")
+
+
+@dataclass(frozen=True)
+class GrpoSpec:
+    loss: str = opt("grpo", "grpo: clipped ratio, advantages normalised by the group's std, "
+                            "per-sequence mean; dr_grpo: no std normalisation, sum over tokens "
+                            "divided by rows x max_new_tokens; dapo: clip-higher "
+                            "(epsilon_high), token-level mean, groups with equal rewards "
+                            "dropped; gspo: one importance ratio per sequence (geometric mean "
+                            "of the token ratios), clipped to [1-epsilon, 1+epsilon_high].",
+                    choices=GRPO_LOSSES)
+    group_size: int = opt(8, "Completions sampled per prompt (G); advantages compare them.")
+    prompts_per_step: int = opt(4, "Prompts per rollout batch (rows: prompts x group_size).")
+    max_new_tokens: int = opt(64, "Longest sampled completion in tokens.")
+    temperature: float = opt(1.0, "Sampling temperature of the rollouts (> 0).")
+    top_p: float = opt(1.0, "Nucleus sampling of the rollouts; 1 keeps every token.")
+    beta: float = opt(0.0, "Weight of the KL term to the base model (adapters off); 0 "
+                           "skips the reference pass.")
+    epsilon: float = opt(0.2, "Clip range of the importance ratio: lower bound 1-epsilon "
+                              "(and upper 1+epsilon for grpo and dr_grpo).")
+    epsilon_high: float = opt(0.28, "Upper clip bound 1+epsilon_high of dapo and gspo.")
+    updates_per_rollout: int = opt(1, "Optimizer steps on each rollout batch (its ratio "
+                                      "moves from 1 after the first).")
+    rewards: list = opt([], "Rewards with weights, e.g. [{name: json_valid, weight: 1}, "
+                            "{name: user, file: my_rewards.py, function: score}]; a user "
+                            "reward runs your own Python file.")
+    sample_every: int = opt(10, "Sample events with a few rollout completions and their "
+                                "rewards every N steps (0: never).")
+    samples: int = opt(2, "Completions shown per Sample step.")
+
+
 @dataclass(frozen=True)
 class EvalSpec:
     max_tokens: int = opt(128, "Longest generated answer in `macft eval`.")
@@ -192,9 +224,12 @@ class Recipe:
     train: TrainSpec = field(default_factory=TrainSpec, metadata={"help": "Optimisation."})
     eval: EvalSpec = field(default_factory=EvalSpec, metadata={"help": "`macft eval` settings."})
     objective: str = opt("sft", "Training objective: sft on chat/completions/text data; dpo, "
-                                "ipo, orpo or simpo on preference pairs.", choices=OBJECTIVES)
+                                "ipo, orpo or simpo on preference pairs; grpo on prompts with "
+                                "rewards.", choices=OBJECTIVES)
     preference: PreferenceSpec = field(default_factory=PreferenceSpec,
                                        metadata={"help": "Preference-objective settings."})
+    grpo: GrpoSpec = field(default_factory=GrpoSpec,
+                           metadata={"help": "GRPO (objective grpo) settings."})
     kernels: str = opt("auto", "Training ops: auto = device kernels (Metal) where they apply "
                                "and passed their parity check on this device (run once, "
                                "cached), else the memory-bounded references (tiled attention, "
@@ -307,7 +342,31 @@ def _validate(recipe: Recipe, src: str) -> Recipe:
         raise MacftError(f"{src}: key 'train.learning_rate' must be positive")
     if not 0 <= recipe.lora.dropout < 1:
         raise MacftError(f"{src}: key 'lora.dropout' must be in [0, 1)")
+    if recipe.objective == "grpo":
+        _validate_grpo(recipe.grpo, src)
+        if t.grad_accum != 1:
+            raise MacftError(f"{src}: key 'train.grad_accum' must be 1 for objective grpo "
+                             "(train.batch_size sets the rows of each forward pass of the "
+                             "update; grpo.prompts_per_step the rollout batch)")
     return recipe
+
+
+def _validate_grpo(g: GrpoSpec, src: str) -> None:
+    bounds = {"grpo.group_size": (g.group_size, 2, None), "grpo.prompts_per_step":
+              (g.prompts_per_step, 1, None), "grpo.max_new_tokens": (g.max_new_tokens, 1, None),
+              "grpo.updates_per_rollout": (g.updates_per_rollout, 1, None),
+              "grpo.top_p": (g.top_p, 0.0, 1.0), "grpo.beta": (g.beta, 0.0, None),
+              "grpo.epsilon": (g.epsilon, 0.0, 1.0), "grpo.epsilon_high": (g.epsilon_high, 0.0,
+                                                                          None)}
+    for key, (value, low, high) in bounds.items():
+        if value < low or (high is not None and value > high):
+            span = f"at least {low}" if high is None else f"in [{low}, {high}]"
+            raise MacftError(f"{src}: key '{key}' must be {span}, got {value}")
+    if g.temperature <= 0:
+        raise MacftError(f"{src}: key 'grpo.temperature' must be positive, got {g.temperature}")
+    if not g.rewards:
+        raise MacftError(f"{src}: key 'grpo.rewards' is required for objective grpo "
+                         "(e.g. [{name: json_valid, weight: 1.0}])")
 
 
 def from_dict(raw: dict, src: str = "<recipe>") -> Recipe:

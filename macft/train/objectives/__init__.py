@@ -16,6 +16,7 @@ OBJECTIVES: dict[str, object] = {
     "ipo": "macft.train.objectives.preference:Preference",
     "orpo": "macft.train.objectives.preference:Preference",
     "simpo": "macft.train.objectives.preference:Preference",
+    "grpo": "macft.train.objectives.grpo:Grpo",
 }
 
 
