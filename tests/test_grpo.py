@@ -158,3 +158,183 @@ def test_equal_rewards_give_zero_gradient(loss):
                                mx.array(mask.astype(np.float32)), cfg)[0]
     grad = np.array(mx.grad(f)(mx.array(logp.astype(np.float32))))
     assert np.all(grad == 0)
+
+
+# ----- rollouts and runs on a tiny model ------------------------------------------------------
+
+class CountReward:
+    """Test double of a macft.rewards reward: the share of the letter 'a' in the completion."""
+
+    name, weight = "count_a", 1.0
+
+    def __call__(self, completion: str, row: dict) -> float:
+        return completion.count("a") / max(len(completion), 1)
+
+
+def write_prompts(path: Path, n: int = 12) -> Path:
+    with path.open("w") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"prompt": f"hello {i} world", "answer": str(i)}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def grpo_dir(tmp_path_factory) -> Path:
+    from conftest import write_tiny_model
+
+    d = tmp_path_factory.mktemp("grpo")
+    write_tiny_model(d / "model")
+    write_prompts(d / "train.jsonl")
+    write_prompts(d / "valid.jsonl", 4)
+    return d
+
+
+def grpo_raw(d: Path, out: str, **grpo) -> dict:
+    return {
+        "name": "g", "model": str(d / "model"), "objective": "grpo",
+        "lora": {"rank": 4, "alpha": 8},
+        "data": {"train": str(d / "train.jsonl"), "valid": str(d / "valid.jsonl"),
+                 "max_length": 64},
+        "train": {"steps": 6, "batch_size": 4, "learning_rate": 5e-3, "eval_every": 0,
+                  "save_every": 2, "seed": 5},
+        "grpo": {"group_size": 4, "prompts_per_step": 2, "max_new_tokens": 12,
+                 "rewards": [{"name": "count_a"}], "sample_every": 1, "samples": 3, **grpo},
+        "output": str(d / out),
+    }
+
+
+def test_rollout_is_seeded_and_masked_after_eos(grpo_dir):
+    from macft.models.load import load_base
+    from macft.train.objectives.grpo import collate_rollout, sample_completions
+
+    loaded = load_base(str(grpo_dir / "model"), None, "float32", None)
+    tok = loaded.tokenizer
+    prompt = list(tok.apply_chat_template([{"role": "user", "content": "hello"}],
+                                          add_generation_prompt=True))
+    prompts = [prompt] * 6 + [prompt[:-2]] * 2
+    a = sample_completions(loaded.model, tok, prompts, 20, 1.5, 1.0, seed=11)
+    b = sample_completions(loaded.model, tok, prompts, 20, 1.5, 1.0, seed=11)
+    c = sample_completions(loaded.model, tok, prompts, 20, 1.5, 1.0, seed=12)
+    assert a == b and a != c
+    assert len({tuple(t) for t, _ in a}) > 1            # samples of one prompt differ
+    eos = set(tok.eos_token_ids)
+    for tokens, ended in a:
+        assert 1 <= len(tokens) <= 20
+        assert ended == (tokens[-1] in eos)
+        assert not eos & set(tokens[:-1])               # nothing is generated after eos
+    # a sure stop: eos made the only token the sampler can draw
+    import mlx.nn as nn
+
+    class EosModel(nn.Module):
+        def __init__(self, inner, stop):
+            super().__init__()
+            self.inner, self.stop = inner, stop
+            self.layers = inner.layers
+
+        def __call__(self, x, cache=None):
+            logits = self.inner(x, cache=cache)
+            return mx.where(mx.arange(logits.shape[-1]) == self.stop, 0.0, -1e9) + 0 * logits
+
+    stopped = sample_completions(EosModel(loaded.model, min(eos)), tok, prompts[:3], 20, 1.0,
+                                 1.0, seed=1)
+    assert stopped == [([min(eos)], True)] * 3
+    completions = [t for t, _ in a]
+    inputs, targets, mask = collate_rollout(prompts, completions, 0)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        on = np.flatnonzero(mask[i])
+        assert on.tolist() == list(range(len(p) - 1, len(p) - 1 + len(c)))
+        assert targets[i, on].tolist() == c
+        assert mask[i, len(p) - 1 + len(c):].sum() == 0        # zero after eos / padding
+
+
+def _events(run_dir: Path, kind: str) -> list[dict]:
+    from macft.events import read_metrics
+
+    return [e for e in read_metrics(run_dir / "metrics.jsonl") if e["event"] == kind]
+
+
+@pytest.mark.parametrize("loss", ["grpo", "dapo"])
+def test_grpo_run_trains_and_reports(grpo_dir, monkeypatch, loss):
+    from macft import recipe as recipe_mod
+    from macft.events import Collect, Sample, Step
+    from macft.train import loop
+    from macft.train.objectives import grpo
+
+    monkeypatch.setattr(grpo, "load_rewards", lambda specs, base: [CountReward()])
+    r = recipe_mod.from_dict(grpo_raw(grpo_dir, f"run-{loss}", loss=loss, beta=0.05))
+    sink = Collect()
+    done = loop.train(r, [sink])
+    assert done.reason == "completed" and done.step == 6
+    steps = sink.of(Step)
+    assert len(steps) == 6
+    for key in ("reward", "reward_std", "reward_count_a", "reward_count_a_std", "zero_spread",
+                "kl", "clip_fraction", "completion_length", "rollout_tokens_per_sec",
+                "update_tokens_per_sec"):
+        assert all(np.isfinite(s.metrics[key]) for s in steps), key
+    assert all(0 < s.metrics["completion_length"] <= 12 for s in steps)
+    assert steps[0].metrics["kl"] == pytest.approx(0.0, abs=1e-6)   # adapters start at zero
+    assert steps[-1].metrics["kl"] > 0
+    samples = sink.of(Sample)
+    assert len(samples) == 6 * 3
+    assert all(set(s.rewards) == {"count_a", "total"} for s in samples)
+    assert all(s.rewards["count_a"] == pytest.approx(CountReward()(s.text, {}))
+               for s in samples)
+    assert len(list((grpo_dir / f"run-{loss}" / "rollouts").glob("*.safetensors"))) == 3
+
+
+RUNNER = """
+import sys
+from macft.train.objectives import grpo
+sys.path.insert(0, {tests!r})
+from test_grpo import CountReward
+grpo.load_rewards = lambda specs, base: [CountReward()]
+from macft.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _run(args, env_extra=None):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", **(env_extra or {}))
+    code = RUNNER.format(tests=str(ROOT / "tests"))
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=600)
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_gives_the_same_adapter_and_completions(grpo_dir):
+    import yaml
+
+    paths = {}
+    for name in ("straight", "killed"):
+        raw = grpo_raw(grpo_dir, f"resume-{name}", updates_per_rollout=2)
+        raw["lora"]["dropout"] = 0.1
+        raw["train"].update(steps=6, save_every=3)
+        paths[name] = grpo_dir / f"{name}.yaml"
+        paths[name].write_text(yaml.safe_dump(raw))
+    straight = _run(["run", str(paths["straight"])])
+    assert straight.returncode == 0, straight.stderr
+    killed = _run(["run", str(paths["killed"])], {"MACFT_DEBUG_KILL_AFTER_STEP": "4"})
+    assert killed.returncode == -9
+    run_dir = grpo_dir / "resume-killed"
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step-0000003"
+    resumed = _run(["run", str(run_dir)])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at step 3 of 6" in resumed.stderr
+
+    a = mx.load(str(grpo_dir / "resume-straight" / "adapters.safetensors"))
+    b = mx.load(str(run_dir / "adapters.safetensors"))
+    assert a.keys() == b.keys() and len(a) > 0
+    for key in a:
+        assert mx.allclose(a[key], b[key], atol=1e-5).item(), key
+    assert any(mx.abs(a[k]).max().item() > 0 for k in a if "lora_b" in k)   # it trained
+
+    want = [(e["step"], e["text"], e["rewards"]) for e in
+            _events(grpo_dir / "resume-straight", "Sample")]
+    got = {}
+    for e in _events(run_dir, "Sample"):            # the resumed run's lines come last
+        got.setdefault(e["step"], []).append((e["step"], e["text"], e["rewards"]))
+    assert [s for step in sorted(got) for s in got[step][-3:]] == want
+    assert {s for s, _, _ in want} == {1, 3, 5}      # first step of each rollout batch
+    la = [e["loss"] for e in _events(grpo_dir / "resume-straight", "Step")]
+    lb = {e["step"]: e["loss"] for e in _events(run_dir, "Step")}
+    assert [lb[s] for s in range(1, 7)] == pytest.approx(la, abs=1e-5)
