@@ -22,6 +22,8 @@ RULES = {
     "macft.gguf": ("macft.models", "macft.train", "macft.export", "macft.tui"),
     "macft.evaluation": ENGINE_ONLY + ("macft.tui",),
     "macft.runs": ("macft.models", "macft.train", "macft.tui"),
+    # recipe load checks reward lists: no MLX, no model, no trainer
+    "macft.rewards": ("mlx", "macft.models", "macft.train", "macft.export", "macft.tui"),
 }
 
 
