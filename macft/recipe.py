@@ -367,6 +367,9 @@ def _validate_grpo(g: GrpoSpec, src: str) -> None:
     if not g.rewards:
         raise MacftError(f"{src}: key 'grpo.rewards' is required for objective grpo "
                          "(e.g. [{name: json_valid, weight: 1.0}])")
+    from macft.rewards import check_specs
+
+    check_specs(g.rewards, Path.cwd(), src)     # relative files resolve from the cwd, as data
 
 
 def from_dict(raw: dict, src: str = "<recipe>") -> Recipe:

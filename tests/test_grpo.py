@@ -162,13 +162,14 @@ def test_equal_rewards_give_zero_gradient(loss):
 
 # ----- rollouts and runs on a tiny model ------------------------------------------------------
 
-class CountReward:
-    """Test double of a macft.rewards reward: the share of the letter 'a' in the completion."""
+COUNT_A = """
+def score(completion, row):
+    return completion.count("a") / max(len(completion), 1)
+"""
 
-    name, weight = "count_a", 1.0
 
-    def __call__(self, completion: str, row: dict) -> float:
-        return completion.count("a") / max(len(completion), 1)
+def count_a(completion: str) -> float:
+    return completion.count("a") / max(len(completion), 1)
 
 
 def write_prompts(path: Path, n: int = 12) -> Path:
@@ -186,6 +187,7 @@ def grpo_dir(tmp_path_factory) -> Path:
     write_tiny_model(d / "model")
     write_prompts(d / "train.jsonl")
     write_prompts(d / "valid.jsonl", 4)
+    (d / "count_a.py").write_text(COUNT_A)      # a user reward: the share of 'a' characters
     return d
 
 
@@ -198,7 +200,8 @@ def grpo_raw(d: Path, out: str, **grpo) -> dict:
         "train": {"steps": 6, "batch_size": 4, "learning_rate": 5e-3, "eval_every": 0,
                   "save_every": 2, "seed": 5},
         "grpo": {"group_size": 4, "prompts_per_step": 2, "max_new_tokens": 12,
-                 "rewards": [{"name": "count_a"}], "sample_every": 1, "samples": 3, **grpo},
+                 "rewards": [{"name": "user", "file": str(d / "count_a.py"),
+                              "function": "score", "label": "count_a"}], "sample_every": 1, "samples": 3, **grpo},
         "output": str(d / out),
     }
 
@@ -254,13 +257,10 @@ def _events(run_dir: Path, kind: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("loss", ["grpo", "dapo"])
-def test_grpo_run_trains_and_reports(grpo_dir, monkeypatch, loss):
+def test_grpo_run_trains_and_reports(grpo_dir, loss):
     from macft import recipe as recipe_mod
     from macft.events import Collect, Sample, Step
     from macft.train import loop
-    from macft.train.objectives import grpo
-
-    monkeypatch.setattr(grpo, "load_rewards", lambda specs, base: [CountReward()])
     r = recipe_mod.from_dict(grpo_raw(grpo_dir, f"run-{loss}", loss=loss, beta=0.05))
     sink = Collect()
     done = loop.train(r, [sink])
@@ -277,27 +277,15 @@ def test_grpo_run_trains_and_reports(grpo_dir, monkeypatch, loss):
     samples = sink.of(Sample)
     assert len(samples) == 6 * 3
     assert all(set(s.rewards) == {"count_a", "total"} for s in samples)
-    assert all(s.rewards["count_a"] == pytest.approx(CountReward()(s.text, {}))
+    assert all(s.rewards["count_a"] == pytest.approx(count_a(s.text))
                for s in samples)
     assert len(list((grpo_dir / f"run-{loss}" / "rollouts").glob("*.safetensors"))) == 3
 
 
-RUNNER = """
-import sys
-from macft.train.objectives import grpo
-sys.path.insert(0, {tests!r})
-from test_grpo import CountReward
-grpo.load_rewards = lambda specs, base: [CountReward()]
-from macft.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def _run(args, env_extra=None):
     env = dict(os.environ, HF_HUB_OFFLINE="1", **(env_extra or {}))
-    code = RUNNER.format(tests=str(ROOT / "tests"))
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=600)
+    return subprocess.run([sys.executable, "-m", "macft", *args], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=600)
 
 
 @pytest.mark.slow
@@ -338,3 +326,61 @@ def test_sigkill_and_resume_gives_the_same_adapter_and_completions(grpo_dir):
     la = [e["loss"] for e in _events(grpo_dir / "resume-straight", "Step")]
     lb = {e["step"]: e["loss"] for e in _events(run_dir, "Step")}
     assert [lb[s] for s in range(1, 7)] == pytest.approx(la, abs=1e-5)
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}]},
+     "bad.jsonl:2: a prompt row's messages must not end with an assistant turn"),
+    ({"answer": "3"}, "bad.jsonl:2: a prompt row needs key 'prompt' or 'messages' "
+                      "(found: answer)"),
+    ({"prompt": ""}, "bad.jsonl:2: key 'prompt' must be a non-empty string"),
+    ({"messages": [{"role": "robot", "content": "x"}]},
+     "bad.jsonl:2: key 'messages[0].role' must be one of"),
+])
+def test_bad_prompt_rows_are_one_line_errors(tmp_path, tiny_tokenizer, row, message):
+    from macft import recipe as recipe_mod
+    from macft.data import load_rows
+    from macft.data.prompts import encode_prompts
+    from macft.errors import MacftError
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"prompt": "fine"}) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(MacftError) as err:
+        encode_prompts(load_rows(path), tiny_tokenizer, recipe_mod.DataSpec(), "bad.jsonl")
+    assert str(err.value).replace(str(tmp_path) + "/", "").startswith(message)
+
+
+def test_a_reward_that_raises_ends_the_run_in_one_line(grpo_dir, tmp_path):
+    from macft import recipe as recipe_mod
+    from macft.errors import MacftError
+    from macft.events import Collect, Failed
+    from macft.train import loop
+
+    (tmp_path / "boom.py").write_text("def score(c, row):\n    return 1 / (int(row['answer']) - 7)\n")
+    raw = grpo_raw(grpo_dir, "run-boom")
+    raw["grpo"]["rewards"] = [{"name": "user", "file": str(tmp_path / "boom.py"),
+                               "function": "score"}]
+    raw["train"]["steps"] = 12
+    sink = Collect()
+    with pytest.raises(MacftError) as err:
+        loop.train(recipe_mod.from_dict(raw), [sink])
+    want = "reward 'score' failed on row 8: ZeroDivisionError: division by zero"
+    assert str(err.value) == want                       # line 8 holds answer "7"
+    assert sink.of(Failed)[-1].error == want
+
+
+def test_recipe_bounds_for_grpo(grpo_dir):
+    from macft import recipe as recipe_mod
+    from macft.errors import MacftError
+
+    for key, value, message in [("group_size", 1, "key 'grpo.group_size' must be at least 2"),
+                                ("top_p", 1.5, "key 'grpo.top_p' must be in [0.0, 1.0]"),
+                                ("temperature", 0.0, "key 'grpo.temperature' must be positive"),
+                                ("loss", "ppo", "key 'grpo.loss' must be one of grpo, dr_grpo")]:
+        raw = grpo_raw(grpo_dir, "unused", **{key: value})
+        with pytest.raises(MacftError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            recipe_mod.from_dict(raw)
+    raw = grpo_raw(grpo_dir, "unused")
+    raw["grpo"]["rewards"] = []
+    with pytest.raises(MacftError, match="key 'grpo.rewards' is required"):
+        recipe_mod.from_dict(raw)

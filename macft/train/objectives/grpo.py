@@ -213,11 +213,30 @@ def _chunks(n: int, size: int):
 
 # ----- the objective --------------------------------------------------------------------------
 
-def load_rewards(specs: list, base_dir):
+def load_rewards(specs: list, base_dir, tokenizer=None):
     """The recipe's rewards (``macft.rewards``); tests may replace this function."""
     from macft.rewards import build_rewards
 
-    return build_rewards(specs, base_dir)
+    return build_rewards(specs, base_dir, tokenizer)
+
+
+def score(rewards, texts: list[str], rows) -> np.ndarray:
+    """(N, R) scores of each completion by each reward; a reward that raises ends the run
+    with ``macft.rewards.RewardError`` naming the reward and the row (its file line)."""
+    from macft.rewards import score_rows
+
+    if not texts:
+        return np.zeros((0, len(rewards)))
+    scores, _ = score_rows(rewards, texts, [r.data for r in rows], [r.line for r in rows])
+    return np.asarray(scores, dtype=np.float64).reshape(len(texts), len(rewards))
+
+
+def best_score(reward) -> float:
+    """A reward's full score: 0 for the max_length penalty, 1 for the others (the built-ins
+    score in [0, 1]; a user reward is taken to as well)."""
+    spec = getattr(reward, "spec", None)
+    return 0.0 if getattr(spec, "name", "") == "max_length" else float(getattr(reward, "best",
+                                                                                1.0))
 
 
 class Grpo(Objective):
@@ -265,7 +284,7 @@ class Grpo(Objective):
 
         self.pad = pad_id(self.tokenizer)
         self.rollout_dir = Path(run_dir) / "rollouts"
-        self.rewards = load_rewards(self.spec.rewards, Path.cwd())
+        self.rewards = load_rewards(self.spec.rewards, Path.cwd(), self.tokenizer)
         self.loss_and_grad = nn.value_and_grad(model, self._loss)
 
     # ----- rollouts ---------------------------------------------------------------------------
@@ -296,7 +315,7 @@ class Grpo(Objective):
         completions = [c for c, _ in drawn]
         texts = [self._decode(c) for c in completions]
         rows = [p.row for p in prompts for _ in range(g.group_size)]
-        scores = self.score(texts, rows)
+        scores = score(self.rewards, texts, rows)
         weights = [float(r.weight) for r in self.rewards]
         total = scores @ np.asarray(weights, dtype=np.float64)
         adv = group_advantages(total, g.group_size, g.loss != "dr_grpo").astype(np.float32)
@@ -313,15 +332,6 @@ class Grpo(Objective):
     def _decode(self, tokens: list[int]) -> str:
         eos = set(getattr(self.tokenizer, "eos_token_ids", None) or [])
         return self.tokenizer.decode([t for t in tokens if t not in eos])
-
-    def score(self, texts: list[str], rows) -> np.ndarray:
-        """(N, R) scores of each completion by each reward; a reward that raises ends the run
-        (``macft.rewards.RewardError`` names the reward and the row)."""
-        out = np.zeros((len(texts), len(self.rewards)), dtype=np.float64)
-        for i, (text, row) in enumerate(zip(texts, rows)):
-            for j, reward in enumerate(self.rewards):
-                out[i, j] = float(reward(text, row.data))
-        return out
 
     def _logps(self, inputs, targets, mask):
         """Old (the sampling policy) and reference (adapters off) log-probs, in eval mode."""
@@ -461,14 +471,10 @@ def score_greedy(model, tokenizer, prompts, rewards, max_tokens: int, batch_size
     from macft.generation import greedy
 
     texts = greedy(model, tokenizer, [p.ids for p in prompts], max_tokens, batch_size)
-    scores = np.zeros((len(texts), len(rewards)), dtype=np.float64)
-    for i, (text, p) in enumerate(zip(texts, prompts)):
-        for j, reward in enumerate(rewards):
-            scores[i, j] = float(reward(text, p.row.data))
+    scores = score(rewards, texts, [p.row for p in prompts])
     weights = [float(r.weight) for r in rewards]
     out = {"reward": float((scores @ np.asarray(weights)).mean()),
-           "accuracy": float(accuracy_of(scores, [getattr(r, "best", 1.0)
-                                                  for r in rewards]).mean())}
+           "accuracy": float(accuracy_of(scores, [best_score(r) for r in rewards]).mean())}
     for j, r in enumerate(rewards):
         out[f"reward_{r.name}"] = float(scores[:, j].mean())
     return out
