@@ -384,3 +384,39 @@ def test_recipe_bounds_for_grpo(grpo_dir):
     raw["grpo"]["rewards"] = []
     with pytest.raises(MacftError, match="key 'grpo.rewards' is required"):
         recipe_mod.from_dict(raw)
+
+
+def test_eval_rewards_scores_a_run_and_a_base_model(grpo_dir, capsys):
+    import yaml
+
+    from macft.cli import main
+    from macft.reward_eval import evaluate_rewards, reward_recipe
+    from macft.models.load import load_base
+    from macft import recipe as recipe_mod
+
+    raw = grpo_raw(grpo_dir, "unused")
+    raw["grpo"]["rewards"] = [{"name": "user", "file": str(grpo_dir / "count_a.py"),
+                               "function": "score", "label": "count_a"},
+                              {"name": "regex", "pattern": "^$", "weight": 0.5}]
+    raw["data"]["test"] = str(grpo_dir / "valid.jsonl")
+    (grpo_dir / "eval.yaml").write_text(yaml.safe_dump(raw))
+    recipe = reward_recipe(str(grpo_dir / "eval.yaml"), None)
+    loaded = load_base(str(grpo_dir / "model"), None, "float32", None)
+    report = evaluate_rewards(loaded.model, loaded.tokenizer, str(grpo_dir / "valid.jsonl"),
+                              recipe, 8, 4)
+    texts = [r["prediction"] for r in report.records]
+    assert report.prompts == 4
+    assert report.result["reward_count_a"] == pytest.approx(np.mean([count_a(t) for t in texts]))
+    empty = np.mean([t.strip() == "" for t in texts])
+    assert report.result["reward_regex"] == pytest.approx(empty)
+    assert report.result["reward"] == pytest.approx(report.result["reward_count_a"]
+                                                    + 0.5 * empty)
+    solved = [count_a(t) >= 1.0 and t.strip() == "" for t in texts]   # both at 1.0: never
+    assert report.result["accuracy"] == pytest.approx(np.mean(solved))
+    assert main(["eval", str(grpo_dir / "model"), "--rewards", str(grpo_dir / "eval.yaml"),
+                 "--max-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert f"mean reward   {report.result['reward']:.3f}" in out
+    assert "prompts       4" in out
+    with pytest.raises(recipe_mod.MacftError, match="--rewards: name a recipe"):
+        reward_recipe("", None)

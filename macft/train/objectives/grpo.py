@@ -455,8 +455,8 @@ class Grpo(Objective):
         prompts = self.valid_prompts
         if self.recipe.train.eval_batches:
             prompts = prompts[:self.recipe.train.eval_batches * self.recipe.eval.batch_size]
-        result = score_greedy(self.model, self.tokenizer, prompts, self.rewards,
-                              self.spec.max_new_tokens, self.recipe.eval.batch_size)
+        result, *_ = score_greedy(self.model, self.tokenizer, prompts, self.rewards,
+                                  self.spec.max_new_tokens, self.recipe.eval.batch_size)
         return -result["reward"], result
 
 
@@ -466,15 +466,16 @@ def accuracy_of(scores: np.ndarray, bests) -> np.ndarray:
     return (scores >= np.asarray(bests, dtype=np.float64) - 1e-9).all(axis=1)
 
 
-def score_greedy(model, tokenizer, prompts, rewards, max_tokens: int, batch_size: int) -> dict:
-    """Mean score per reward, the mean total and the accuracy of greedy answers."""
+def score_greedy(model, tokenizer, prompts, rewards, max_tokens: int, batch_size: int):
+    """Greedy answers to ``prompts`` scored: ({reward, accuracy, reward_<name>}, texts,
+    (N, R) scores, solved per prompt)."""
     from macft.generation import greedy
 
     texts = greedy(model, tokenizer, [p.ids for p in prompts], max_tokens, batch_size)
     scores = score(rewards, texts, [p.row for p in prompts])
-    weights = [float(r.weight) for r in rewards]
-    out = {"reward": float((scores @ np.asarray(weights)).mean()),
-           "accuracy": float(accuracy_of(scores, [best_score(r) for r in rewards]).mean())}
+    weights = np.asarray([float(r.weight) for r in rewards])
+    solved = accuracy_of(scores, [best_score(r) for r in rewards])
+    out = {"reward": float((scores @ weights).mean()), "accuracy": float(solved.mean())}
     for j, r in enumerate(rewards):
         out[f"reward_{r.name}"] = float(scores[:, j].mean())
-    return out
+    return out, texts, scores, solved
