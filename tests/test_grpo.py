@@ -420,3 +420,20 @@ def test_eval_rewards_scores_a_run_and_a_base_model(grpo_dir, capsys):
     assert "prompts       4" in out
     with pytest.raises(recipe_mod.MacftError, match="--rewards: name a recipe"):
         reward_recipe("", None)
+
+
+def test_plan_measures_the_worst_rollout(grpo_dir):
+    from macft import recipe as recipe_mod
+    from macft.plan import plan
+
+    r = recipe_mod.from_dict(grpo_raw(grpo_dir, "unused-plan"))
+    result = plan(r, budget=64e9, steps=1)
+    # 2 prompts x 4 completions, each the longest prompt plus all 12 new tokens
+    from macft.data import load_rows
+    from macft.data.prompts import encode_prompts
+    from macft.models.load import load_base
+
+    tok = load_base(str(grpo_dir / "model"), None, "float32", None).tokenizer
+    prompts, _ = encode_prompts(load_rows(grpo_dir / "train.jsonl"), tok, r.data, "t")
+    assert result.longest == (8, max(len(p.ids) for p in prompts) + 12 - 1)
+    assert result.fits and result.first.peak_bytes > 0

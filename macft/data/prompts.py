@@ -80,6 +80,8 @@ class PromptBatch:
     step: int               # the optimizer step this batch is for
     rollout: int            # the rollout batch it belongs to (updates_per_rollout steps share one)
     index: np.ndarray       # prompt indices
+    worst: bool = False     # plan's worst case: every completion runs to max_new_tokens
+    shape: tuple = ()       # worst case: (rows, tokens) of the update's batch
 
 
 class PromptBatcher:
@@ -91,12 +93,13 @@ class PromptBatcher:
     """
 
     def __init__(self, prompts: list[PromptRow], per_step: int, seed: int,
-                 updates_per_rollout: int = 1):
+                 updates_per_rollout: int = 1, group: int = 1, max_new: int = 0):
         self.sequences = prompts            # the loop counts "train examples" from this
         self.per_step = min(per_step, len(prompts))
         self.batch_size = self.per_step
         self.seed = seed
         self.updates = updates_per_rollout
+        self.group, self.max_new = group, max_new
         self.rollouts_per_epoch = max(1, len(prompts) // self.per_step)
         self.batches_per_epoch = self.rollouts_per_epoch * self.updates
 
@@ -110,6 +113,9 @@ class PromptBatcher:
         return PromptBatch(i, rollout, idx)
 
     def longest(self, rows: int) -> PromptBatch:
-        """The longest prompts (``plan``'s worst case), as rollout batch -1 (never stored)."""
+        """``plan``'s worst case: the longest prompts, every completion as long as allowed
+        (rollout batch -1: never stored)."""
         lengths = np.array([len(p.ids) for p in self.sequences])
-        return PromptBatch(0, -1, np.argsort(lengths, kind="stable")[-self.per_step:])
+        idx = np.argsort(lengths, kind="stable")[-self.per_step:]
+        shape = (len(idx) * self.group, int(lengths[idx].max()) + self.max_new - 1)
+        return PromptBatch(0, -1, idx, True, shape)

@@ -119,19 +119,22 @@ def _gspo(logp, old_logp, adv, mask, lengths, kl, cfg: LossConfig, rows: int):
 # ----- rollouts -------------------------------------------------------------------------------
 
 def sample_completions(model, tokenizer, prompts: list[list[int]], max_new: int,
-                       temperature: float, top_p: float, seed: int) -> list[tuple[list[int], bool]]:
+                       temperature: float, top_p: float, seed: int,
+                       stop: bool = True) -> list[tuple[list[int], bool]]:
     """(tokens, ended) of one sampled completion per prompt, all generated as one batch.
 
     A completion that ended at an end-of-turn/eos token keeps that token (the update trains the
     model to stop); ``ended`` is False for one cut at ``max_new`` tokens. The draws depend only
-    on ``seed``, the model and the prompts.
+    on ``seed``, the model and the prompts. ``stop=False`` never stops before ``max_new``
+    (``plan``'s worst case).
     """
     from mlx_lm.generate import BatchGenerator
     from mlx_lm.sample_utils import make_sampler
 
     eos = sorted(getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id])
     mx.random.seed(seed)
-    gen = BatchGenerator(model, max_tokens=max_new, stop_tokens=[[t] for t in eos],
+    gen = BatchGenerator(model, max_tokens=max_new,
+                         stop_tokens=[[t] for t in eos] if stop else None,
                          sampler=make_sampler(temp=temperature, top_p=top_p if top_p < 1 else 0.0),
                          completion_batch_size=len(prompts), prefill_batch_size=len(prompts))
     was_training = model.training
@@ -268,7 +271,7 @@ class Grpo(Objective):
         self.prompts, summary = encode_prompts(load_rows(spec.train), tokenizer, spec,
                                                spec.train)
         train = PromptBatcher(self.prompts, g.prompts_per_step, self.recipe.train.seed,
-                              g.updates_per_rollout)
+                              g.updates_per_rollout, g.group_size, g.max_new_tokens)
         stats = {"train": summary}
         self.valid_prompts = None
         if spec.valid:
@@ -310,7 +313,7 @@ class Grpo(Objective):
         t0 = time.monotonic()
         seed = self.recipe.train.seed * 1_000_003 + 7919 * max(pb.rollout, 0) + 1
         drawn = sample_completions(self.model, self.tokenizer, ids, g.max_new_tokens,
-                                   g.temperature, g.top_p, seed)
+                                   g.temperature, g.top_p, seed, stop=not pb.worst)
         seconds = time.monotonic() - t0
         completions = [c for c, _ in drawn]
         texts = [self._decode(c) for c in completions]
