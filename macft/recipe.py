@@ -467,9 +467,31 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and validate a recipe. Relative data paths stay relative to the cwd."""
+    """Read, override and validate a recipe. Relative data paths stay relative to the cwd;
+    the files rewards name (a user reward's ``file``, a schema) to the recipe's folder."""
     raw = apply_overrides(read_yaml(path), overrides or [])
-    return from_dict(raw, str(path))
+    return from_dict(_anchor_reward_files(raw, Path(path).resolve().parent), str(path))
+
+
+REWARD_FILE_KEYS = ("file", "schema")
+
+
+def _anchor_reward_files(raw: dict, folder: Path) -> dict:
+    """Reward files as absolute paths from the recipe's folder, so the run folder's copy of
+    the recipe (resume, eval) finds the same files from anywhere."""
+    def anchor(section):
+        grpo = section.get("grpo") if isinstance(section, dict) else None
+        rewards = grpo.get("rewards") if isinstance(grpo, dict) else None
+        if not isinstance(rewards, list):
+            return
+        grpo["rewards"] = [
+            {k: str(folder / v) if k in REWARD_FILE_KEYS and isinstance(v, str)
+             and not Path(v).expanduser().is_absolute() else v for k, v in r.items()}
+            if isinstance(r, dict) else r for r in rewards]
+    anchor(raw)
+    for stage in raw.get("stages") or []:
+        anchor(stage)
+    return raw
 
 
 def dump(recipe: Recipe, path: str | Path) -> None:

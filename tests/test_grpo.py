@@ -437,3 +437,24 @@ def test_plan_measures_the_worst_rollout(grpo_dir):
     prompts, _ = encode_prompts(load_rows(grpo_dir / "train.jsonl"), tok, r.data, "t")
     assert result.longest == (8, max(len(p.ids) for p in prompts) + 12 - 1)
     assert result.fits and result.first.peak_bytes > 0
+
+
+def test_reward_files_are_found_from_the_recipe_folder(grpo_dir, tmp_path, monkeypatch):
+    import shutil
+
+    import yaml
+
+    from macft import recipe as recipe_mod
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    shutil.copy(grpo_dir / "count_a.py", folder / "mine.py")
+    raw = grpo_raw(grpo_dir, "unused")
+    raw["grpo"]["rewards"] = [{"name": "user", "file": "mine.py", "function": "score"}]
+    raw["stages"] = [{"objective": "grpo", "grpo": {"rewards": [
+        {"name": "user", "file": "mine.py", "function": "score", "weight": 2.0}]}}]
+    (folder / "r.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(tmp_path)                         # not the recipe's folder
+    r = recipe_mod.load("project/r.yaml")
+    assert r.grpo.rewards[0]["file"] == str(folder / "mine.py")
+    assert recipe_mod.stage_recipes(r)[0].grpo.rewards[0]["file"] == str(folder / "mine.py")
