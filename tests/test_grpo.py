@@ -168,6 +168,14 @@ def score(completion, row):
 """
 
 
+HALF = """
+def score(completion, row):
+    if int(row["answer"]) % 2 == 0:
+        return 0.5                      # even prompts: every completion alike, no signal
+    return completion.count("a") / max(len(completion), 1)
+"""
+
+
 def count_a(completion: str) -> float:
     return completion.count("a") / max(len(completion), 1)
 
@@ -188,6 +196,7 @@ def grpo_dir(tmp_path_factory) -> Path:
     write_prompts(d / "train.jsonl")
     write_prompts(d / "valid.jsonl", 4)
     (d / "count_a.py").write_text(COUNT_A)      # a user reward: the share of 'a' characters
+    (d / "half.py").write_text(HALF)
     return d
 
 
@@ -256,7 +265,7 @@ def _events(run_dir: Path, kind: str) -> list[dict]:
     return [e for e in read_metrics(run_dir / "metrics.jsonl") if e["event"] == kind]
 
 
-@pytest.mark.parametrize("loss", ["grpo", "dapo"])
+@pytest.mark.parametrize("loss", ["grpo", "dapo", "gspo"])
 def test_grpo_run_trains_and_reports(grpo_dir, loss):
     from macft import recipe as recipe_mod
     from macft.events import Collect, Sample, Step
@@ -280,6 +289,28 @@ def test_grpo_run_trains_and_reports(grpo_dir, loss):
     assert all(s.rewards["count_a"] == pytest.approx(count_a(s.text))
                for s in samples)
     assert len(list((grpo_dir / f"run-{loss}" / "rollouts").glob("*.safetensors"))) == 3
+
+
+def test_dapo_drops_groups_with_equal_rewards(grpo_dir):
+    from macft import recipe as recipe_mod
+    from macft.events import Collect, Step
+    from macft.train import loop
+
+    raw = grpo_raw(grpo_dir, "run-dapo-drop", loss="dapo")
+    raw["grpo"]["rewards"] = [{"name": "user", "file": str(grpo_dir / "half.py"),
+                               "function": "score"}]
+    raw["train"]["steps"] = 3
+    sink = Collect()
+    loop.train(recipe_mod.from_dict(raw), [sink])
+    dropped = 0
+    for step, path in zip(sink.of(Step), sorted((grpo_dir / "run-dapo-drop" / "rollouts")
+                                                .glob("*.safetensors"))):
+        arrays = {k: np.array(v) for k, v in mx.load(str(path)).items()}
+        equal = zero_spread(arrays["rewards"][:, 0], 4)
+        assert arrays["keep"].astype(bool).tolist() == np.repeat(~equal, 4).tolist()
+        assert step.metrics["zero_spread"] == pytest.approx(equal.mean())
+        dropped += int(equal.sum())
+    assert dropped > 0                  # even answers came up: their groups were dropped
 
 
 def _run(args, env_extra=None):
