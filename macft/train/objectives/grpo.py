@@ -217,7 +217,8 @@ def _chunks(n: int, size: int):
 # ----- the objective --------------------------------------------------------------------------
 
 def load_rewards(specs: list, base_dir, tokenizer=None):
-    """The recipe's rewards (``macft.rewards``); tests may replace this function."""
+    """The recipe's rewards (``macft.rewards``). ``recipe.load`` made a recipe file's reward
+    files absolute; ``base_dir`` (the cwd) serves recipes built from a mapping."""
     from macft.rewards import build_rewards
 
     return build_rewards(specs, base_dir, tokenizer)
@@ -237,9 +238,9 @@ def score(rewards, texts: list[str], rows) -> np.ndarray:
 def best_score(reward) -> float:
     """A reward's full score: 0 for the max_length penalty, 1 for the others (the built-ins
     score in [0, 1]; a user reward is taken to as well)."""
-    spec = getattr(reward, "spec", None)
-    return 0.0 if getattr(spec, "name", "") == "max_length" else float(getattr(reward, "best",
-                                                                                1.0))
+    if getattr(getattr(reward, "spec", None), "name", "") == "max_length":
+        return 0.0
+    return float(getattr(reward, "best", 1.0))
 
 
 class Grpo(Objective):
