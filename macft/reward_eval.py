@@ -23,10 +23,11 @@ class RewardReport:
 
     def lines(self) -> list[str]:
         out = [f"prompts       {self.prompts}",
-               f"mean reward   {self.result['reward']:.3f}  (weighted total)",
+               f"mean reward   {self.result['reward']:.3f}  (weighted total; at most "
+               f"{self.result['reward_max']:.3f})",
                f"accuracy      {self.result['accuracy']:.1%}  (every reward at its full score)"]
         for k, v in self.result.items():
-            if k.startswith("reward_"):
+            if k.startswith("reward_") and k != "reward_max":
                 out.append(f"  {k[7:]:<12}{v:.3f}")
         return out
 
@@ -53,7 +54,7 @@ def evaluate_rewards(model, tokenizer, data: str, recipe, max_tokens: int, batch
                      limit: int = 0) -> RewardReport:
     from macft.data import load_rows
     from macft.data.prompts import encode_prompts
-    from macft.train.objectives.grpo import load_rewards, score_greedy
+    from macft.train.objectives.grpo import best_score, load_rewards, score_greedy
 
     rows = load_rows(data)
     if limit:
@@ -62,6 +63,7 @@ def evaluate_rewards(model, tokenizer, data: str, recipe, max_tokens: int, batch
     rewards = load_rewards(recipe.grpo.rewards, Path.cwd(), tokenizer)
     result, texts, scores, solved = score_greedy(model, tokenizer, prompts, rewards,
                                                  max_tokens, batch_size)
+    result["reward_max"] = sum(r.weight * best_score(r) for r in rewards if r.weight > 0)
     records = [{"prompt": p.text, "prediction": t, "solved": bool(ok),
                 "rewards": {r.name: float(s) for r, s in zip(rewards, line)}}
                for p, t, ok, line in zip(prompts, texts, solved, scores)]

@@ -447,7 +447,7 @@ def test_eval_rewards_scores_a_run_and_a_base_model(grpo_dir, capsys):
     assert main(["eval", str(grpo_dir / "model"), "--rewards", str(grpo_dir / "eval.yaml"),
                  "--max-tokens", "8"]) == 0
     out = capsys.readouterr().out
-    assert f"mean reward   {report.result['reward']:.3f}" in out
+    assert f"mean reward   {report.result['reward']:.3f}  (weighted total; at most 1.500)" in out
     assert "prompts       4" in out
     with pytest.raises(recipe_mod.MacftError, match="--rewards: name a recipe"):
         reward_recipe("", None)
