@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-loss", action="store_true", help="skip the loss computation")
     ev.add_argument("--adapter", help="adapter folder to use instead of the run's best/final")
     ev.add_argument("--schema", help="JSON Schema file: also report the schema-valid rate")
+    ev.add_argument("--rewards", nargs="?", const="", metavar="RECIPE",
+                    help="score greedy answers with GRPO rewards: this recipe's grpo.rewards "
+                         "(default: the run's); prompts from --data or the recipe's data.test")
     ev.add_argument("--general", action="store_true",
                     help="forgetting check: perplexity and accuracy on macft's general set")
 
@@ -285,11 +288,36 @@ def _launch(args) -> int:
     return distributed.run_launcher(cmd)
 
 
+def _eval_rewards(args) -> int:
+    from macft.models.load import load_for_inference
+    from macft.reward_eval import evaluate_rewards, reward_recipe
+
+    loaded, run_recipe = load_for_inference(args.target, args.adapter)
+    recipe = reward_recipe(args.rewards, run_recipe)
+    data = args.data or recipe.data.test
+    if not data:
+        raise MacftError("--rewards: give --data FILE.jsonl (the recipe has no data.test)")
+    report = evaluate_rewards(loaded.model, loaded.tokenizer, data, recipe,
+                              args.max_tokens or recipe.grpo.max_new_tokens,
+                              args.batch_size or recipe.eval.batch_size, args.limit)
+    _console(f"model: {args.target}  prompts: {data}")
+    for line in report.lines():
+        _console(line)
+    if args.out:
+        from macft.runs import atomic_write
+
+        atomic_write(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                       for r in report.records))
+    return 0
+
+
 def cmd_eval(args) -> int:
     from macft.evaluation import evaluate
     from macft.models.load import load_for_inference
     from macft.recipe import DataSpec, EvalSpec
 
+    if args.rewards is not None:
+        return _eval_rewards(args)
     if not (args.data or args.pairs or args.general):
         raise MacftError("eval needs --data FILE.jsonl, --pairs FILE.jsonl or --general")
     for path in (args.data, args.pairs):

@@ -91,6 +91,7 @@ class Sample(Event):
     step: int
     prompt: str
     text: str
+    rewards: dict = field(default_factory=dict)   # GRPO: each reward's score, total
 
 
 @dataclass(frozen=True)
@@ -307,7 +308,8 @@ class ConsoleProgress:
             self._newline(f"step {event.step}: val loss {event.val_loss:.4f}{extra}{mark}")
         elif isinstance(event, Sample):
             text = event.text.replace("\n", " ")[:160]
-            self._newline(f"step {event.step} sample: {text}")
+            scores = "".join(f" [{k} {v:.2f}]" for k, v in event.rewards.items())
+            self._newline(f"step {event.step} sample: {text}{scores}")
         elif isinstance(event, Checkpoint):
             self._newline(f"step {event.step}: checkpoint {event.path}")
         elif isinstance(event, Finished):

@@ -113,6 +113,8 @@ def gb(n: float) -> str:
 
 
 def _shape(batch) -> tuple[int, int]:
+    if hasattr(batch, "rollout"):    # GRPO: the update's rows are the rollout's completions
+        return batch.shape
     b = getattr(batch, "batch", batch)
     return tuple(b.inputs.shape)
 

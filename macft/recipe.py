@@ -283,6 +283,43 @@ class MoeSpec:
             "unchanged; attention and the router still train. Empty: all experts.")
 
 
+GRPO_LOSSES = ("grpo", "dr_grpo", "dapo", "gspo")
+
+
+@dataclass(frozen=True)
+class GrpoSpec:
+    loss: str = opt("grpo", "grpo: clipped ratio, advantages normalised by the group's std, "
+                            "per-sequence mean; dr_grpo: no std normalisation, sum over tokens "
+                            "divided by rows x max_new_tokens; dapo: clip-higher "
+                            "(epsilon_high), token-level mean, groups with equal rewards "
+                            "dropped; gspo: one importance ratio per sequence (geometric mean "
+                            "of the token ratios), clipped to [1-epsilon, 1+epsilon_high].",
+                    choices=GRPO_LOSSES)
+    group_size: int = opt(8, "Completions sampled per prompt (G); advantages compare them.",
+                          bounds=Bounds(ge=2))
+    prompts_per_step: int = opt(4, "Prompts per rollout batch (rows: prompts x group_size).",
+                                bounds=AT_LEAST_1)
+    max_new_tokens: int = opt(64, "Longest sampled completion in tokens.", bounds=AT_LEAST_1)
+    temperature: float = opt(1.0, "Sampling temperature of the rollouts.", bounds=ABOVE_0)
+    top_p: float = opt(1.0, "Nucleus sampling of the rollouts; 1 keeps every token.",
+                       bounds=Bounds(gt=0, le=1))
+    beta: float = opt(0.0, "Weight of the KL term to the base model (adapters off); 0 "
+                           "skips the reference pass.", bounds=AT_LEAST_0)
+    epsilon: float = opt(0.2, "Clip range of the importance ratio: lower bound 1-epsilon "
+                              "(and upper 1+epsilon for grpo and dr_grpo).",
+                      bounds=Bounds(ge=0, le=1))
+    epsilon_high: float = opt(0.28, "Upper clip bound 1+epsilon_high of dapo and gspo.",
+                              bounds=AT_LEAST_0)
+    updates_per_rollout: int = opt(1, "Optimizer steps on each rollout batch (its ratio "
+                                      "moves from 1 after the first).", bounds=AT_LEAST_1)
+    rewards: list = opt([], "Rewards with weights, e.g. [{name: json_valid, weight: 1}, "
+                            "{name: user, file: my_rewards.py, function: score}]; a user "
+                            "reward runs your own Python file.")
+    sample_every: int = opt(10, "Sample events with a few rollout completions and their "
+                                "rewards every N steps (0: never).", bounds=AT_LEAST_0)
+    samples: int = opt(2, "Completions shown per Sample step.", bounds=AT_LEAST_0)
+
+
 @dataclass(frozen=True)
 class EvalSpec:
     max_tokens: int = opt(128, "Longest generated answer in `macft eval`.", bounds=AT_LEAST_1)
@@ -304,10 +341,13 @@ class Recipe:
     moe: MoeSpec = field(default_factory=MoeSpec,
                          metadata={"help": "Mixture-of-experts routing and expert choice."})
     objective: str = opt("sft", "Training objective: sft on chat/completions/text data; dpo, "
-                                "ipo, orpo or simpo on preference pairs; kto on unpaired "
-                                "rows marked good or bad.", choices=OBJECTIVES)
+                               "ipo, orpo or simpo on preference pairs; kto on unpaired "
+                               "rows marked good or bad; grpo on prompts with rewards.",
+                    choices=OBJECTIVES)
     preference: PreferenceSpec = field(default_factory=PreferenceSpec,
                                        metadata={"help": "Preference-objective settings."})
+    grpo: GrpoSpec = field(default_factory=GrpoSpec,
+                           metadata={"help": "GRPO (objective grpo) settings."})
     kernels: str = opt("auto", "Training ops: auto = device kernels (Metal) where they apply "
                                "and passed their parity check on this device (run once, "
                                "cached), else the memory-bounded references (tiled attention, "
@@ -417,6 +457,12 @@ def _validate(recipe: Recipe, src: str) -> Recipe:
     _check_name(recipe.name, f"{src}: key 'name'")
     _validate_moe(recipe.moe, recipe.objective, src)
     _validate_rope(recipe.model.rope_scaling, src)
+    if recipe.objective == "grpo":
+        _validate_grpo(recipe.grpo, src)
+        if recipe.train.grad_accum != 1:
+            raise MacftError(f"{src}: key 'train.grad_accum' must be 1 for objective grpo "
+                             "(train.batch_size sets the rows of each forward pass of the "
+                             "update; grpo.prompts_per_step the rollout batch)")
     return recipe
 
 
@@ -454,6 +500,15 @@ def _validate_moe(moe: MoeSpec, objective: str, src: str) -> None:
         if not isinstance(i, int) or isinstance(i, bool) or i < 0:
             raise MacftError(f"{src}: key 'moe.train_experts' holds expert indices (integers "
                              f">= 0), got {i!r}")
+
+
+def _validate_grpo(g: GrpoSpec, src: str) -> None:
+    if not g.rewards:
+        raise MacftError(f"{src}: key 'grpo.rewards' is required for objective grpo "
+                         "(e.g. [{name: json_valid, weight: 1.0}])")
+    from macft.rewards import check_specs
+
+    check_specs(g.rewards, Path.cwd(), src)     # relative files resolve from the cwd, as data
 
 
 def from_dict(raw: dict, src: str = "<recipe>") -> Recipe:
@@ -551,9 +606,31 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and validate a recipe. Relative data paths stay relative to the cwd."""
+    """Read, override and validate a recipe. Relative data paths stay relative to the cwd;
+    the files rewards name (a user reward's ``file``, a schema) to the recipe's folder."""
     raw = apply_overrides(read_yaml(path), overrides or [])
-    return from_dict(raw, str(path))
+    return from_dict(_anchor_reward_files(raw, Path(path).resolve().parent), str(path))
+
+
+REWARD_FILE_KEYS = ("file", "schema")
+
+
+def _anchor_reward_files(raw: dict, folder: Path) -> dict:
+    """Reward files as absolute paths from the recipe's folder, so the run folder's copy of
+    the recipe (resume, eval) finds the same files from anywhere."""
+    def anchor(section):
+        grpo = section.get("grpo") if isinstance(section, dict) else None
+        rewards = grpo.get("rewards") if isinstance(grpo, dict) else None
+        if not isinstance(rewards, list):
+            return
+        grpo["rewards"] = [
+            {k: str(folder / v) if k in REWARD_FILE_KEYS and isinstance(v, str)
+             and not Path(v).expanduser().is_absolute() else v for k, v in r.items()}
+            if isinstance(r, dict) else r for r in rewards]
+    anchor(raw)
+    for stage in raw.get("stages") or []:
+        anchor(stage)
+    return raw
 
 
 def dump(recipe: Recipe, path: str | Path) -> None:

@@ -26,7 +26,7 @@ def one_error_line(capsys) -> str:
 
 def test_the_package_finds_the_repository_recipes():
     assert list(shipped.recipes()) == SHIPPED == ["dpo-quickstart", "gemma3-quickstart",
-                                                  "quickstart"]
+                                                  "grpo-quickstart", "quickstart"]
 
 
 @pytest.mark.parametrize("name,folder", [("quickstart", "q"), ("dpo-quickstart", None)])

@@ -402,6 +402,8 @@ class Trainer:
                     peak_memory_gb=mx.get_peak_memory() / 1e9,
                     epoch=self.step * r.grad_accum / self.data.train.batches_per_epoch,
                     metrics=self.step_metrics))
+                for event in self.objective.drain_events():
+                    self.emit(event)
                 last = self.step == self.total
                 stop_early = False
                 if (r.eval_every and self.step % r.eval_every == 0) or last:

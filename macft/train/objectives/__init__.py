@@ -17,6 +17,7 @@ OBJECTIVES: dict[str, object] = {
     "orpo": "macft.train.objectives.preference:Preference",
     "simpo": "macft.train.objectives.preference:Preference",
     "kto": "macft.train.objectives.kto:Kto",
+    "grpo": "macft.train.objectives.grpo:Grpo",
 }
 
 

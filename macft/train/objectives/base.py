@@ -75,6 +75,10 @@ class Objective:
         """Loss, metrics and (accumulated, unreduced) gradients of one optimizer step."""
         raise NotImplementedError
 
+    def drain_events(self) -> list:
+        """Events the last step produced for the loop to emit (GRPO's samples); most: none."""
+        return []
+
     def validate(self) -> tuple[float, dict] | None:
         """(validation loss, metrics) over the validation split; None without one."""
         raise NotImplementedError
