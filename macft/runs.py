@@ -182,14 +182,19 @@ def write_finished(run_dir: str | Path, info: dict) -> Path:
     return atomic_write(Path(run_dir) / FINISHED, json.dumps(info))
 
 
-def read_finished(run_dir: str | Path) -> dict | None:
-    path = Path(run_dir) / FINISHED
+def read_json_record(path: str | Path) -> dict | None:
+    """A small JSON file of the run folder; None when it is absent, one line when it is bad."""
+    path = Path(path)
     if not path.exists():
         return None
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise MacftError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+
+
+def read_finished(run_dir: str | Path) -> dict | None:
+    return read_json_record(Path(run_dir) / FINISHED)
 
 
 # ----- checkpoints ----------------------------------------------------------------------------

@@ -71,13 +71,7 @@ def record(run_dir: Path, recipe: Recipe) -> None:
 
 
 def read_record(run_dir: Path) -> dict | None:
-    path = runs.started_path(run_dir)
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise MacftError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    return runs.read_json_record(runs.started_path(run_dir))
 
 
 def changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
