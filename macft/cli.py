@@ -523,7 +523,10 @@ def _flag_bounds() -> dict:
 def check_flags(args) -> None:
     """One line naming the flag, its value and its range, before anything is loaded."""
     for flag, bounds in _flag_bounds().get(args.command, {}).items():
-        bounds.check(getattr(args, flag[2:].replace("-", "_"), None), flag)
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        # `data split --test 0.1` is a fraction, `data leak TRAIN TEST` a file: only numbers
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            bounds.check(value, flag)
 
 
 COMMANDS = {"run": cmd_run, "plan": cmd_plan, "eval": cmd_eval, "generate": cmd_generate,
