@@ -84,6 +84,8 @@ class MonitorScreen(Screen):
     # ----- drawing ----------------------------------------------------------------------------
     def show_state(self, state: RunState) -> None:
         self.state = state
+        if not self.query("#run-title"):
+            return      # the app's poller reached this screen before it composed: on_mount draws
         title = self.app.show_path(state.run_dir)
         if state.started is not None:
             title += f" · {state.started.method} · {state.started.model}"
