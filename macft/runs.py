@@ -267,6 +267,10 @@ class RunState:
     learning_rates: list[float] = field(default_factory=list)
     evals: list[tuple[int, float]] = field(default_factory=list)
     best_val: float | None = None
+    # GRPO runs: per-step reward metrics ("reward", "reward_<name>", "zero_spread") and the
+    # validation reward, as (step, value); empty for every other objective.
+    rewards: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    eval_rewards: list[tuple[int, float]] = field(default_factory=list)
     samples: list[ev.Sample] = field(default_factory=list)
     checkpoints: list[ev.Checkpoint] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
@@ -294,6 +298,9 @@ class RunState:
         self.losses = [p for p in self.losses if p[0] <= e.start_step]
         self.learning_rates = self.learning_rates[:len(self.losses)]
         self.evals = [p for p in self.evals if p[0] <= e.start_step]
+        self.rewards = {k: [p for p in v if p[0] <= e.start_step]
+                        for k, v in self.rewards.items()}
+        self.eval_rewards = [p for p in self.eval_rewards if p[0] <= e.start_step]
         self.status, self.error = "running", ""
         verb = f"resumed at step {e.start_step}" if e.start_step else "started"
         self._log(f"{verb}: {e.method} on {e.model} ({e.device}, {e.dtype}), "
@@ -309,9 +316,16 @@ class RunState:
         self.last, self.step, self.total_steps = e, e.step, e.total_steps
         self.losses.append((e.step, e.loss))
         self.learning_rates.append(e.learning_rate)
+        if "zero_spread" in e.metrics:   # only GRPO reports the share of zero-spread groups
+            for k, v in e.metrics.items():
+                if (k == "reward" or k == "zero_spread" or k.startswith("reward_")) and \
+                        not k.endswith("_std") and isinstance(v, (int, float)):
+                    self.rewards.setdefault(k, []).append((e.step, float(v)))
 
     def _on_Eval(self, e: ev.Eval) -> None:
         self.evals.append((e.step, e.val_loss))
+        if self.rewards and isinstance(e.metrics.get("reward"), (int, float)):
+            self.eval_rewards.append((e.step, float(e.metrics["reward"])))
         self.best_val = e.best_val_loss
         self._log(f"step {e.step}: val loss {e.val_loss:.4f}" + (" (best)" if e.improved else ""))
 

@@ -1,4 +1,5 @@
-"""Run monitor: live (or recorded) loss chart, learning rate, speed, ETA, memory and samples.
+"""Run monitor: live (or recorded) loss chart, the reward chart of a GRPO run, learning rate,
+speed, ETA, memory and samples.
 
 Keys: p pause/resume, s stop (the loop writes a checkpoint), c checkpoint now, r resume a
 stopped run to the end. A run trained by another process is followed through metrics.jsonl.
@@ -56,7 +57,9 @@ class MonitorScreen(Screen):
         with Horizontal(id="status-row"):
             yield Static("", id="run-status")
             yield ProgressBar(id="run-progress", show_eta=False)
-        yield LossChart(id="chart")
+        with Horizontal(id="charts"):
+            yield LossChart(id="chart")
+            yield LossChart(id="reward-chart")   # GRPO runs only: shown by show_state
         with Horizontal(id="lower"):
             with Vertical(id="numbers"):
                 yield Static("", id="run-stats")
@@ -68,6 +71,8 @@ class MonitorScreen(Screen):
 
     def on_mount(self) -> None:
         self.query_one("#chart").border_title = "loss  [#5fafd7]█ train[/]  [#ffaf00]● val[/]"
+        self.query_one("#reward-chart").border_title = \
+            "reward  [#5fafd7]█ mean total[/]  [#ffaf00]● val[/]"
         self.query_one("#run-log").border_title = "events"
         self.query_one("#samples").border_title = "latest samples (newest first)"
         self.show_state(self.app.state_for(self.run_dir))
@@ -104,6 +109,11 @@ class MonitorScreen(Screen):
         self.query_one("#run-progress", ProgressBar).update(total=total, progress=state.step)
         self.query_one("#chart", LossChart).update_points(state.losses, state.evals,
                                                          state.total_steps)
+        rewards = self.query_one("#reward-chart", LossChart)
+        rewards.display = bool(state.rewards)
+        if state.rewards:
+            rewards.update_points(state.rewards.get("reward", []), state.eval_rewards,
+                                  state.total_steps)
         self.query_one("#run-stats", Static).update(self._stats(state))
         self.query_one("#lr", Sparkline).data = state.learning_rates[-200:]
         self.query_one("#run-log", Static).update(self._log(state))
@@ -118,6 +128,8 @@ class MonitorScreen(Screen):
         s = state.last
         if s is None:
             return "no steps yet"
+        if state.rewards:
+            return MonitorScreen._reward_stats(state)
         val = f"{state.evals[-1][1]:.4f}" if state.evals else "-"
         best = f"{state.best_val:.4f}" if state.best_val is not None else "-"
         extra = "".join(f"   {k} {v:.3f}" for k, v in getattr(s, "metrics", {}).items()
@@ -126,6 +138,22 @@ class MonitorScreen(Screen):
                 f"lr {s.learning_rate:.2e}  {s.tokens_per_sec:,.0f} tok/s  "
                 f"mem {s.peak_memory_gb:.2f} GB\n"
                 f"elapsed {clock(s.elapsed)}")
+
+    @staticmethod
+    def _reward_stats(state: RunState) -> str:
+        """A GRPO run's latest rewards: the mean total, each reward's mean, the zero-spread
+        share (groups whose completions all scored alike, which teach nothing)."""
+        s, m = state.last, state.last.metrics
+        line = f"reward {m.get('reward', 0.0):.4f} ±{m.get('reward_std', 0.0):.3f}"
+        if "zero_spread" in m:
+            line += f"  zero-spread {m['zero_spread']:.0%}"
+        each = "  ".join(f"{k[len('reward_'):]} {v:.3f}" for k, v in m.items()
+                         if k.startswith("reward_") and not k.endswith("_std")
+                         and isinstance(v, (int, float)))
+        if isinstance(m.get("kl"), (int, float)):
+            each += ("  " if each else "") + f"kl {m['kl']:.4f}"
+        return (f"{line}\n{each}\n"
+                f"loss {s.loss:.4f}  lr {s.learning_rate:.2e}  elapsed {clock(s.elapsed)}")
 
     @staticmethod
     def _log(state: RunState) -> Text:
