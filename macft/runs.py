@@ -324,10 +324,16 @@ class RunState:
 
     def _on_Eval(self, e: ev.Eval) -> None:
         self.evals.append((e.step, e.val_loss))
-        if self.rewards and isinstance(e.metrics.get("reward"), (int, float)):
-            self.eval_rewards.append((e.step, float(e.metrics["reward"])))
         self.best_val = e.best_val_loss
-        self._log(f"step {e.step}: val loss {e.val_loss:.4f}" + (" (best)" if e.improved else ""))
+        best = " (best)" if e.improved else ""
+        if self.rewards and isinstance(e.metrics.get("reward"), (int, float)):
+            # GRPO validates greedy answers: its "val loss" is minus their mean total reward
+            self.eval_rewards.append((e.step, float(e.metrics["reward"])))
+            acc = e.metrics.get("accuracy")
+            acc = f", accuracy {acc:.0%}" if isinstance(acc, (int, float)) else ""
+            self._log(f"step {e.step}: val reward {e.metrics['reward']:.4f}{acc}{best}")
+            return
+        self._log(f"step {e.step}: val loss {e.val_loss:.4f}{best}")
 
     def _on_Sample(self, e: ev.Sample) -> None:
         self.samples = (self.samples + [e])[-6:]

@@ -65,6 +65,9 @@ class MonitorScreen(Screen):
                 yield Static("", id="run-stats")
                 yield Label("learning rate", classes="small-title")
                 yield Sparkline([], id="lr")
+                yield Label("zero-spread share", id="zs-title",
+                            classes="small-title")        # these two: GRPO runs only
+                yield Sparkline([], id="zero-spread")
             yield Static("", id="run-log")
         yield Static("", id="samples")
         yield Footer()
@@ -107,13 +110,20 @@ class MonitorScreen(Screen):
         if total is None and state.status not in ("starting", "running"):
             total = max(state.step, 1)
         self.query_one("#run-progress", ProgressBar).update(total=total, progress=state.step)
-        self.query_one("#chart", LossChart).update_points(state.losses, state.evals,
-                                                         state.total_steps)
+        chart = self.query_one("#chart", LossChart)
         rewards = self.query_one("#reward-chart", LossChart)
         rewards.display = bool(state.rewards)
-        if state.rewards:
+        if state.rewards:   # GRPO: its val "loss" is minus the val reward, drawn beside
+            chart.border_title = "loss  [#5fafd7]█ train[/]"
+            chart.update_points(state.losses, [], state.total_steps)
             rewards.update_points(state.rewards.get("reward", []), state.eval_rewards,
                                   state.total_steps)
+        else:
+            chart.update_points(state.losses, state.evals, state.total_steps)
+        zero = self.query_one("#zero-spread", Sparkline)
+        zero.display = self.query_one("#zs-title").display = "zero_spread" in state.rewards
+        if zero.display:
+            zero.data = [v for _, v in state.rewards["zero_spread"][-200:]]
         self.query_one("#run-stats", Static).update(self._stats(state))
         self.query_one("#lr", Sparkline).data = state.learning_rates[-200:]
         self.query_one("#run-log", Static).update(self._log(state))
@@ -150,10 +160,8 @@ class MonitorScreen(Screen):
         each = "  ".join(f"{k[len('reward_'):]} {v:.3f}" for k, v in m.items()
                          if k.startswith("reward_") and not k.endswith("_std")
                          and isinstance(v, (int, float)))
-        if isinstance(m.get("kl"), (int, float)):
-            each += ("  " if each else "") + f"kl {m['kl']:.4f}"
-        return (f"{line}\n{each}\n"
-                f"loss {s.loss:.4f}  lr {s.learning_rate:.2e}  elapsed {clock(s.elapsed)}")
+        kl = f"  kl {m['kl']:.4f}" if isinstance(m.get("kl"), (int, float)) else ""
+        return f"{line}\n{each}\nloss {s.loss:.4f}{kl}  elapsed {clock(s.elapsed)}"
 
     @staticmethod
     def _log(state: RunState) -> Text:
