@@ -157,3 +157,37 @@ def test_monitor_grpo_snapshot(tmp_path, monkeypatch, size):
         await pilot.pause()
 
     check("monitor-grpo", normalise(run(_shoot(root, prepare, size)), root), tmp_path, size)
+
+
+def test_a_grpo_run_trained_in_the_tui_fills_the_reward_chart_live(tmp_path):
+    """The same chart while the TUI trains the run: every step's event reaches it."""
+    from conftest import write_tiny_model
+
+    from macft import recipe as recipe_mod
+    from test_tui_support import wait_for
+
+    write_tiny_model(tmp_path / "model")
+    write_prompts(tmp_path / "train.jsonl")
+    (tmp_path / "count_a.py").write_text(COUNT_A)
+    raw = grpo_raw(tmp_path, "live")
+    raw["data"].pop("valid")
+    raw["train"].update(steps=3, save_every=0)
+    recipe = recipe_mod.from_dict(raw)
+
+    async def go():
+        app = MacftApp(root=tmp_path)
+        async with app.run_test(size=(100, 30)) as pilot:
+            state = app.start_training(recipe)
+            app.open_run(recipe.run_dir)
+            await wait_for(pilot, lambda: state.status == "finished", 120, "the run to finish")
+            await pilot.pause()
+            screen = app.screen
+            return (list(screen.query_one("#reward-chart").train),
+                    screen.query_one("#reward-chart").display,
+                    text_of(screen.query_one("#run-stats")))
+
+    train, shown, stats = run(go())
+    steps = _metrics(tmp_path / "live", "Step")
+    assert shown and [s for s, _ in train] == [1, 2, 3]
+    assert train == [(s["step"], pytest.approx(s["metrics"]["reward"])) for s in steps]
+    assert stats.startswith(f"reward {steps[-1]['metrics']['reward']:.4f} ")
