@@ -135,3 +135,30 @@ def test_a_broken_score_file_leaves_the_runs_list_readable(tmp_path):
     assert runs_mod.tuned_exact_match(run_dir) is None
     with pytest.raises(MacftError, match=r"score.json:1: invalid JSON"):
         runs_mod.read_score(run_dir)
+
+
+async def _from_monitor(root: Path) -> tuple[bool, float | None]:
+    from macft.tui.screens.monitor import MonitorScreen
+
+    app = MacftApp(root=root)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        app.open_run(root / "runs" / "tiny")
+        await pilot.pause()
+        assert isinstance(app.screen, MonitorScreen)
+        await wait_for(pilot, lambda: app.screen.state is not None and
+                       app.screen.state.status == "finished", what="the finished run")
+        await pilot.press("v")
+        await pilot.pause()
+        screen = app.screen
+        if not isinstance(screen, EvaluateScreen):
+            return False, None
+        await wait_for(pilot, lambda: screen.score is not None, timeout=120,
+                       what="the evaluation")
+        return True, screen.score.tuned.exact_match
+
+
+def test_v_in_a_finished_runs_monitor_opens_evaluate(project, monkeypatch):
+    monkeypatch.chdir(project)
+    opened, tuned = run(_from_monitor(project))
+    assert opened and tuned == 1.0
