@@ -23,7 +23,7 @@ class HomeScreen(Screen):
         Binding("d", "inspect", "Inspect data"),
         Binding("t", "compare", "Compare"),
         Binding("e", "export", "Export"),
-        Binding("v", "evaluate", "Evaluate"),
+        Binding("v", "evaluate", "Eval"),       # 80 columns keep Quit
         Binding("g", "reload", "Refresh", show=False),   # 80 columns keep Quit
     ]
 
