@@ -152,5 +152,11 @@ class HomeScreen(Screen):
 
     def action_evaluate(self) -> None:
         path = self._run_of()
-        if path is not None:
-            self.app.open_evaluate(path)
+        if path is None:
+            return
+        live = self.app.states.get(str(path.resolve()))
+        if live is not None and live.live:
+            self.notify(f"{self.app.show_path(path)} is still training; evaluate it once it "
+                        "has finished", severity="warning")
+            return
+        self.app.open_evaluate(path)
