@@ -98,16 +98,18 @@ def test_v_on_a_finished_run_scores_base_and_tuned_like_macft_eval(project, monk
     got = run(_evaluate(project))
     run_dir, test = project / "runs" / "tiny", str(project / "test.jsonl")
     tuned = eval_printed(capsys, ["eval", str(run_dir), "--data", test, "--no-loss"])
+    preds = project / "base-predictions.jsonl"
     base = eval_printed(capsys, ["eval", str(project / "model"), "--data", test, "--no-loss",
-                                 "--max-tokens", "6"])
+                                 "--max-tokens", "6", "--out", str(preds)])
     assert got["shown"]["exact match"] == [base, tuned]
     assert got["shown"]["examples"] == ["5", "5"]
     assert tuned == "100.0%" and base == "0.0%"      # the run learnt the answer; the base did not
     # every example: base / tuned / expected, as evaluate() answered them
-    assert [r[3] for r in got["rows"]] == ["ok"] * 5
-    assert [r[2] for r in got["rows"]] == ["ok"] * 5
-    assert [r[1] for r in got["rows"]] == [r["prediction"].strip()
-                                           for r in got["score"].base.records]
+    assert [r[4] for r in got["rows"]] == ["ok"] * 5                  # expected
+    assert [r[3] for r in got["rows"]] == ["ok"] * 5                  # tuned
+    assert [r[2] for r in got["rows"]] == [json.loads(line)["prediction"].strip()
+                                           for line in preds.read_text().splitlines()]
+    assert [r[1] for r in got["rows"]] == ["fixed"] * 5
     # stored with the run, and the runs list shows the tuned score
     stored = runs_mod.read_score(run_dir)
     assert stored["tuned"]["exact_match"] == 1.0 and stored["base"]["exact_match"] == 0.0

@@ -38,6 +38,13 @@ def score_rows(score) -> list[tuple[str, str, str]]:
     return rows
 
 
+def change(base_exact: bool, tuned_exact: bool) -> Text:
+    """What the run did to one example: fixed it, broke it, or neither."""
+    if base_exact == tuned_exact:
+        return Text("")
+    return Text("fixed", style=RIGHT) if tuned_exact else Text("broke", style=WRONG)
+
+
 class EvaluateScreen(Screen):
     BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
 
@@ -63,7 +70,7 @@ class EvaluateScreen(Screen):
 
     def on_mount(self) -> None:
         self.query_one("#eval-scores", DataTable).add_columns("measure", "base", "tuned")
-        self.query_one("#eval-examples", DataTable).add_columns("#", "base", "tuned",
+        self.query_one("#eval-examples", DataTable).add_columns("#", "run", "base", "tuned",
                                                                 "expected")
         self.query_one("#eval-examples").border_title = \
             f"test split of {self.app.show_path(self.run_dir)}"
@@ -102,7 +109,8 @@ class EvaluateScreen(Screen):
         for i, (b, t) in enumerate(zip(score.base.records, score.tuned.records)):
             cells = [Text(r["prediction"].strip(), style=RIGHT if r["exact"] else WRONG)
                      for r in (b, t)]
-            table.add_row(str(i + 1), *cells, b["reference"].strip(), key=str(i))
+            table.add_row(str(i + 1), change(b["exact"], t["exact"]), *cells,
+                          b["reference"].strip(), key=str(i))
         self.query_one("#eval-status", Static).update(
             f"{self.app.show_path(score.test)} · greedy, at most {score.max_tokens} tokens · "
             f"green: equal to expected, red: not · saved to score.json")
