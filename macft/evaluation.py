@@ -197,3 +197,61 @@ def _pair_generations(report, model, tokenizer, rows, spec, max_tokens, style, b
     report.exact_chosen = sum(a.strip() == c.strip() for a, c in zip(answers, chosen)) / len(hits)
     report.records = [{"prompt": tokenizer.decode(p), "chosen": c, "prediction": a,
                        "style": h} for p, c, a, h in zip(prompts, chosen, answers, hits)]
+
+
+# ----- a run's base vs tuned on its recipe's test split (the TUI's Evaluate) --------------------
+@dataclass
+class RunScore:
+    test: str                 # the recipe's data.test
+    max_tokens: int
+    base: Report
+    tuned: Report
+
+    def record(self) -> dict:
+        """What ``score.json`` keeps (the records stay out: they are in the screen)."""
+        def side(r: Report) -> dict:
+            return {"examples": r.examples, "exact_match": r.exact_match,
+                    "json_references": r.json_references, "valid_json": r.valid_json,
+                    "json_equal": r.json_equal, "task": r.task}
+
+        return {"test": self.test, "max_tokens": self.max_tokens,
+                "base": side(self.base), "tuned": side(self.tuned)}
+
+
+def evaluate_run(run_dir, progress: Callable[[str, int, int], None] | None = None,
+                 say: Callable[[str], None] | None = None) -> RunScore:
+    """The run's base model and the tuned run, each scored by ``evaluate`` on the recipe's
+    ``data.test`` with the recipe's data and eval settings (the prompts ``macft eval RUN`` builds),
+    one model in memory at a time; the result is stored in the run folder (``runs.SCORE``)."""
+    from pathlib import Path
+
+    from macft import recipe as recipe_mod, runs
+    from macft.errors import MacftError
+    from macft.models.load import load_for_inference, load_spec
+
+    run_dir = Path(run_dir)
+    recipe_file = runs.recipe_path(run_dir)
+    recipe = recipe_mod.load(recipe_file, [f"output={run_dir}"])
+    test = recipe.data.test
+    if not test:
+        raise MacftError(f"{recipe_file}: data.test is not set; add a test split to evaluate")
+    if not Path(test).exists():
+        raise MacftError(f"{recipe_file}: data.test: {test}: file not found")
+    say = say or (lambda text: None)
+    reports = {}
+    for side in ("base", "tuned"):
+        say(f"loading the {side} model…")
+        if side == "base":
+            loaded = load_spec(recipe.model, local_only=True)
+            loaded.model.eval()
+            spec, ev = recipe.data, recipe.eval
+        else:
+            loaded, tuned_recipe = load_for_inference(str(run_dir))
+            spec, ev = tuned_recipe.data, tuned_recipe.eval
+        reports[side] = evaluate(loaded.model, loaded.tokenizer, test, spec, ev.max_tokens,
+                                 ev.batch_size, 0, False,
+                                 (lambda d, t, s=side: progress(s, d, t)) if progress else None)
+        del loaded
+    score = RunScore(test, recipe.eval.max_tokens, reports["base"], reports["tuned"])
+    runs.write_score(run_dir, score.record())
+    return score

@@ -33,6 +33,7 @@ ADAPTERS = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 REFERENCE_LOGPS = "reference_logps.safetensors"
 STARTED = "started.json"
+SCORE = "score.json"          # the TUI's Evaluate: base vs tuned on the recipe's test split
 STAGE_GLOB = "stage-*"
 
 
@@ -195,6 +196,30 @@ def read_json_record(path: str | Path) -> dict | None:
 
 def read_finished(run_dir: str | Path) -> dict | None:
     return read_json_record(Path(run_dir) / FINISHED)
+
+
+def score_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / SCORE
+
+
+def write_score(run_dir: str | Path, info: dict) -> Path:
+    return atomic_write(score_path(run_dir), json.dumps(info, indent=1) + "\n")
+
+
+def read_score(run_dir: str | Path) -> dict | None:
+    return read_json_record(score_path(run_dir))
+
+
+def tuned_exact_match(run_dir: str | Path) -> float | None:
+    """The stored test exact match of the tuned model (None without a readable score.json)."""
+    try:
+        score = read_score(run_dir)
+    except MacftError:
+        return None
+    try:
+        return float(score["tuned"]["exact_match"]) if score else None
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 # ----- checkpoints ----------------------------------------------------------------------------
@@ -374,6 +399,7 @@ class RunInfo:
     step: int
     total_steps: int
     best_val: float | None
+    test_score: float | None = None   # tuned exact match on the test split (score.json)
 
 
 def run_info(run_dir: Path) -> RunInfo:
@@ -386,7 +412,7 @@ def run_info(run_dir: Path) -> RunInfo:
     except MacftError:
         method, model = "?", "?"
     return RunInfo(run_dir, state.status, method, model, state.step, state.total_steps,
-                   state.best_val)
+                   state.best_val, tuned_exact_match(run_dir))
 
 
 def scan_runs(runs_root: Path) -> list[RunInfo]:

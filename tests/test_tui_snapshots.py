@@ -152,3 +152,31 @@ def test_export_snapshot(project, tmp_path, size):
         await pilot.pause()
 
     check("export", normalise(run(_shoot(project, prepare, size)), project), tmp_path, size)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory) -> Path:
+    """A tiny run trained to answer "ok", with a test split (the Evaluate screen's input)."""
+    from test_tui_evaluate import finished_run_in
+
+    root = tmp_path_factory.mktemp("evaluated")
+    finished_run_in(root)
+    return root
+
+
+@sizes
+def test_evaluate_snapshot(evaluated, tmp_path, size, monkeypatch):
+    from macft.tui.screens.evaluate import EvaluateScreen
+
+    monkeypatch.chdir(evaluated)
+
+    async def prepare(app, pilot):
+        app.open_evaluate(evaluated / "runs" / "tiny")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, EvaluateScreen)
+        await wait_for(pilot, lambda: screen.score is not None, timeout=120,
+                       what="the evaluation")
+
+    check("evaluate", normalise(run(_shoot(evaluated, prepare, size)), evaluated), tmp_path,
+          size)

@@ -114,6 +114,11 @@ class MacftApp(App):
 
         self.push_screen(CompareScreen(Path(run_dir)))
 
+    def open_evaluate(self, run_dir: str | Path) -> None:
+        from macft.tui.screens.evaluate import EvaluateScreen
+
+        self.push_screen(EvaluateScreen(Path(run_dir)))
+
     def open_export(self, run_dir: str | Path) -> None:
         from macft.tui.screens.export import ExportScreen
 

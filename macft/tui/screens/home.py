@@ -23,6 +23,7 @@ class HomeScreen(Screen):
         Binding("d", "inspect", "Inspect data"),
         Binding("t", "compare", "Compare"),
         Binding("e", "export", "Export"),
+        Binding("v", "evaluate", "Eval"),       # 80 columns keep Quit
         Binding("g", "reload", "Refresh", show=False),   # 80 columns keep Quit
     ]
 
@@ -40,7 +41,7 @@ class HomeScreen(Screen):
         self.query_one("#recipes", DataTable).add_columns("recipe", "method", "model", "data",
                                                           "file")
         self.query_one("#runs", DataTable).add_columns("run", "status", "step", "method",
-                                                       "model", "best val loss")
+                                                       "model", "best val loss", "test score")
         self.action_reload()
         self.query_one("#recipes", DataTable).focus()
 
@@ -79,8 +80,9 @@ class HomeScreen(Screen):
             live = app.states.get(str(info.path.resolve()))
             status = live.status if live is not None and live.live else info.status
             best = f"{info.best_val:.4f}" if info.best_val is not None else "-"
+            score = f"{info.test_score:.1%}" if info.test_score is not None else "-"
             runs.add_row(app.show_path(info.path), Text(status, style=STATUS_STYLE.get(status, "")),
-                         f"{info.step}/{info.total_steps}", info.method, info.model, best,
+                         f"{info.step}/{info.total_steps}", info.method, info.model, best, score,
                          key=str(info.path))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
@@ -147,3 +149,14 @@ class HomeScreen(Screen):
         path = self._run_of()
         if path is not None:
             self.app.open_export(path)
+
+    def action_evaluate(self) -> None:
+        path = self._run_of()
+        if path is None:
+            return
+        live = self.app.states.get(str(path.resolve()))
+        if live is not None and live.live:
+            self.notify(f"{self.app.show_path(path)} is still training; evaluate it once it "
+                        "has finished", severity="warning")
+            return
+        self.app.open_evaluate(path)

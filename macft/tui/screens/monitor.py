@@ -40,6 +40,7 @@ class MonitorScreen(Screen):
         Binding("r", "resume", "Resume"),
         Binding("t", "compare", "Compare"),
         Binding("e", "export", "Export"),
+        Binding("v", "evaluate", "Evaluate", show=False),   # a finished run; 80 columns
         Binding("escape", "app.pop_screen", "Back"),
     ]
 
@@ -196,6 +197,8 @@ class MonitorScreen(Screen):
                 "running", "paused") else False
         if action == "resume":
             return True if state is not None and state.resumable else None
+        if action == "evaluate":
+            return True if state is not None and state.status == "finished" else False
         return True
 
     def action_pause(self) -> None:
@@ -233,3 +236,6 @@ class MonitorScreen(Screen):
 
     def action_export(self) -> None:
         self.app.open_export(self.run_dir)
+
+    def action_evaluate(self) -> None:
+        self.app.open_evaluate(self.run_dir)
