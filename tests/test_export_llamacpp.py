@@ -178,7 +178,9 @@ def test_cli_export_verify_and_chat(tmp_path, capsys, tok):
     text = capsys.readouterr().out
     assert "verified with llama.cpp" in text and "tokenization by llama.cpp: identical" in text
     # Chat renders the file's template in llama.cpp: greedy, it answers what MLX answers.
-    assert main(["export", str(folder), "--gguf", str(out), "--quant", "f32"]) == 0
+    # The file exists: a second export refuses without --force, and overwrites with it.
+    assert main(["export", str(folder), "--gguf", str(out), "--quant", "f32"]) == 2
+    assert main(["export", str(folder), "--gguf", str(out), "--quant", "f32", "--force"]) == 0
     capsys.readouterr()
     assert main(["chat", str(out), "--prompt", "what is the answer?", "--max-tokens", "8"]) == 0
     said = capsys.readouterr().out

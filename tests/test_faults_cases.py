@@ -42,9 +42,10 @@ def one_line(err: str) -> str:
 
 
 def digests(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder``, by relative path."""
+    """sha256 of every file under ``folder``, by relative path (not the run lock: it names the
+    trainer holding the folder, and goes with it)."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 def temp_files(folder: Path) -> list[str]:
