@@ -16,7 +16,8 @@ GOLDEN = Path(__file__).resolve().parent / "golden" / "pinned_losses.json"
 TOLERANCE = 1e-6
 
 
-def _write_chats(path: Path, n: int, seed: int) -> None:
+def write_chats(path: Path, n: int = 24, seed: int = 0) -> Path:
+    """Seeded chat rows, one question and answer each (also the fault tests' data)."""
     rng = np.random.default_rng(seed)
     with path.open("w") as fh:
         for _ in range(n):
@@ -24,15 +25,18 @@ def _write_chats(path: Path, n: int, seed: int) -> None:
             fh.write(json.dumps({"messages": [
                 {"role": "user", "content": f"hello {a} world {b}"},
                 {"role": "assistant", "content": f"the answer is {a}{b}"}]}) + "\n")
+    return path
 
 
-def _write_pairs(path: Path, n: int, seed: int) -> None:
+def write_pairs(path: Path, n: int, seed: int = 0) -> Path:
+    """Seeded preference pairs (also the fault tests' data)."""
     rng = np.random.default_rng(seed)
     with path.open("w") as fh:
         for _ in range(n):
             a = int(rng.integers(0, 100))
             fh.write(json.dumps({"prompt": f"hello {a}", "chosen": "yes",
                                  "rejected": "no no no, this is a test"}) + "\n")
+    return path
 
 
 def tiny_recipe(folder: Path, kind: str) -> dict:
@@ -45,15 +49,15 @@ def tiny_recipe(folder: Path, kind: str) -> dict:
     common = {"name": kind, "model": str(folder / "model"), "method": "lora",
               "lora": {"rank": 4, "alpha": 8}, "output": str(folder / f"run-{kind}")}
     if kind == "sft":
-        _write_chats(folder / "chat-train.jsonl", 24, 0)
-        _write_chats(folder / "chat-valid.jsonl", 8, 1)
+        write_chats(folder / "chat-train.jsonl", 24, 0)
+        write_chats(folder / "chat-valid.jsonl", 8, 1)
         return {**common, "data": {"train": str(folder / "chat-train.jsonl"),
                                    "valid": str(folder / "chat-valid.jsonl"),
                                    "max_length": 64, "packing": True},
                 "train": {"steps": 6, "batch_size": 2, "grad_accum": 2, "learning_rate": 1e-2,
                           "eval_every": 3, "save_every": 3, "seed": 7}}
-    _write_pairs(folder / "pairs-train.jsonl", 16, 0)
-    _write_pairs(folder / "pairs-valid.jsonl", 8, 1)
+    write_pairs(folder / "pairs-train.jsonl", 16, 0)
+    write_pairs(folder / "pairs-valid.jsonl", 8, 1)
     return {**common, "objective": "dpo", "preference": {"beta": 0.1},
             "data": {"train": str(folder / "pairs-train.jsonl"),
                      "valid": str(folder / "pairs-valid.jsonl"), "max_length": 64},

@@ -22,43 +22,22 @@ import yaml
 
 import macft  # noqa: F401
 import mlx.core as mx
-import numpy as np
 
 from conftest import write_tiny_model
 from macft import lock as lock_mod, recipe as recipe_mod, runs
 from macft.errors import MacftError
 from macft.train.loop import train
+from pinned_runs import write_chats, write_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def write_chat_set(path: Path, n: int = 24, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    with path.open("w") as fh:
-        for _ in range(n):
-            a, b = rng.integers(0, 10, 2)
-            fh.write(json.dumps({"messages": [
-                {"role": "user", "content": f"hello {a} world {b}"},
-                {"role": "assistant", "content": f"the answer is {a}{b}"}]}) + "\n")
-    return path
-
-
-def write_pairs(path: Path, n: int, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    with path.open("w") as fh:
-        for _ in range(n):
-            a = int(rng.integers(0, 100))
-            fh.write(json.dumps({"prompt": f"hello {a}", "chosen": "yes",
-                                 "rejected": "no no no, this is a test"}) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("faults")
     write_tiny_model(d / "model")
-    write_chat_set(d / "train.jsonl")
-    write_chat_set(d / "valid.jsonl", n=8, seed=1)
+    write_chats(d / "train.jsonl")
+    write_chats(d / "valid.jsonl", n=8, seed=1)
     write_pairs(d / "pairs.jsonl", 16)
     return d
 
