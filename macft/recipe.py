@@ -276,7 +276,7 @@ class MoeSpec:
         0.0, "Mixture-of-experts models: weight of the router's load-balancing loss added to "
              "the SFT loss (Switch Transformer: n_experts * sum_i f_i * P_i, f_i the share of "
              "routed tokens and P_i the mean router probability of expert i, averaged over "
-             "the MoE layers; 1 when balanced); 0 turns it off; e.g. 0.01.")
+             "the MoE layers; 1 when balanced); 0 turns it off; e.g. 0.01.", bounds=AT_LEAST_0)
     train_experts: list = opt(
         [], "Mixture-of-experts models: train only these experts (indices) of every MoE "
             "layer; the other experts' LoRA (or, with method full, weights) stay bitwise "
@@ -490,9 +490,6 @@ def _validate_rope(rope: RopeScalingSpec, src: str) -> None:
 
 
 def _validate_moe(moe: MoeSpec, objective: str, src: str) -> None:
-    if moe.aux_loss_weight < 0:
-        raise MacftError(f"{src}: key 'moe.aux_loss_weight' must be >= 0, "
-                         f"got {moe.aux_loss_weight}")
     if moe.aux_loss_weight > 0 and objective != "sft":
         raise MacftError(f"{src}: key 'moe.aux_loss_weight' applies to objective sft only "
                          f"(this recipe's objective is {objective})")
