@@ -199,3 +199,49 @@ def test_killing_the_terminal_mid_run_leaves_it_training_and_a_reopened_tui_stop
     done = [e for e in ev.read_metrics(runs.metrics_path(run_dir)) if e["event"] == "Finished"]
     assert [e["reason"] for e in done] == ["stopped"]
     assert (run_dir / "checkpoints" / "latest").read_text() == f"step-{done[0]['step']:07d}"
+
+
+# Defect 2: training in a thread of the TUI's interpreter (a compiled step evaluated off the
+# main thread) made `q` end with "terminate called without an active exception", exit 134.
+# The script trains a short run from the TUI with the compiled step, waits for it to finish,
+# quits with q and exits its interpreter; it prints the trainer's pid and its own.
+QUIT_AFTER_TRAINING = r"""
+import asyncio, os, sys
+sys.path.insert(0, sys.argv[1])
+from test_tui_support import SIZE, press_now, wait_for
+from macft import recipe as recipe_mod
+from macft.tui.app import MacftApp
+
+async def main():
+    app = MacftApp(root=os.getcwd())
+    async with app.run_test(size=SIZE) as pilot:
+        recipe = recipe_mod.load("recipes/short.yaml")
+        state = app.start_training(recipe)
+        app.open_run(recipe.run_dir)
+        await wait_for(pilot, lambda: app.live is not None, 60, "the trainer")
+        print("trainer", app.live.trainer.pid, "ui", os.getpid(), flush=True)
+        await wait_for(pilot, lambda: app.live is None, 300, "the trainer to end")
+        await press_now(pilot, "q")
+        await wait_for(pilot, lambda: app.return_code is not None, 30, "the app to exit")
+    print("status", state.status, "step", state.step, flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_quitting_after_a_compiled_training_run_exits_cleanly(home):
+    (home / "recipes" / "short.yaml").write_text(
+        RECIPE.replace("name: long", "name: short").replace("steps: 100000", "steps: 3")
+        .replace("eval_every: 0}", "eval_every: 0, compile: on}"))
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env.pop("MACFT_FAST_EXP", None)                  # the fast exp is what the crash needed
+    done = subprocess.run([sys.executable, "-c", QUIT_AFTER_TRAINING, str(ROOT / "tests")],
+                          cwd=home, env=env, capture_output=True, text=True, timeout=600)
+    assert "terminate called" not in done.stderr, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-2000:]
+    said = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    trainer, ui = said["trainer"].split(" ui ")
+    assert trainer != ui                               # the run trained in its own process
+    assert said["status"] == "finished step 3"
+    steps_done = steps(home / "runs" / "short")
+    assert steps_done == [1, 2, 3]
