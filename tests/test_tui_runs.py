@@ -20,7 +20,6 @@ from textual.widgets import Button, DataTable, Input
 
 from macft import events as ev, lock, recipe as recipe_mod, runs as runs_mod
 from macft.tui.app import MacftApp
-from macft.tui.screens.home import HomeScreen
 from macft.tui.widgets.loss_chart import Series, overlay_lines
 
 # 2026-12-02 15:30 UTC, the first RunStarted event's time of the runs below
@@ -389,7 +388,6 @@ def test_marked_runs_open_one_chart_of_their_loss_curves(home):
     assert seen["series"] == [("runs/a", 20, 2, "#5fafd7"), ("runs/c", 30, 3, "#ffaf00")]
     assert seen["legend"] == "━ runs/a  ━ runs/c  ▁▄█ train, ● validation"
     assert seen["title"] == "Loss curves of runs/a, runs/c"
-    assert HomeScreen  # the screen the marks live on
 
 
 def test_overlaid_curves_share_one_scale():
@@ -411,3 +409,25 @@ def test_overlaid_curves_share_one_scale():
     # the 31 columns), its validation dot at step 10 (column 13)
     top = str(lines[1])[9:]
     assert len(top.rstrip()) == 16 and top[13] == "●" and set(top[:13]) == {"█"}
+
+
+async def _dialog_question(root: Path) -> tuple[str, str]:
+    app = MacftApp(root=root, recipe_dirs=[root / "recipes"])
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await focus_row(pilot, app.screen.query_one("#recipes", DataTable), "tiny")
+        await pilot.press("ctrl+r")
+        await pilot.pause()
+        return type(app.screen).__name__, text_of(app.screen.query_one("#confirm-question"))
+
+
+def test_start_on_a_finished_staged_run_asks_too(home):
+    """A staged run keeps its events in its stages' folders; finished.json says it is done."""
+    (home / "recipes" / "tiny.yaml").write_text(TINY)
+    run_dir = home / "runs" / "tiny"
+    run_dir.mkdir(parents=True)
+    recipe_mod.dump(recipe_mod.load(home / "recipes" / "tiny.yaml"), run_dir / "recipe.yaml")
+    runs_mod.write_finished(run_dir, {"stages": 2})
+    assert run(_dialog_question(home)) == (
+        "NameScreen", "runs/tiny already holds a run (finished). Start a new run in the "
+        "folder below (Tab edits its name):")

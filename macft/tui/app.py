@@ -189,16 +189,19 @@ class MacftApp(App):
         from macft.tui.screens.confirm import NameScreen
 
         run_dir = Path(recipe.run_dir)
-        state = RunState.from_folder(run_dir) if run_dir.is_dir() else None
-        if state is None or state.status in ("new", "running"):   # running: refused next
+        state = RunState.from_folder(run_dir)
+        status = state.status
+        if status == "new" and runs.is_finished(run_dir):
+            status = "finished"            # a staged run: the events are in its stages
+        if status in ("new", "running"):   # nothing there yet; a live trainer is refused next
             self._start_and_open(recipe)
             return
         choices = [("r", "Resume", "resume")] if state.resumable else []
         choices += [("n", "New run", "new"), ("escape", "Cancel", None)]
         what = "Resume it, or start a new run" if state.resumable else "Start a new run"
-        question = (f"{self.show_path(run_dir)} already holds a run ({state.status} at step "
-                    f"{state.step}/{state.total_steps}). {what} in the folder below (Tab "
-                    "edits its name):")
+        where = f" at step {state.step}/{state.total_steps}" if state.total_steps else ""
+        question = (f"{self.show_path(run_dir)} already holds a run ({status}{where}). "
+                    f"{what} in the folder below (Tab edits its name):")
 
         def check(name: str) -> str:
             try:
