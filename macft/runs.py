@@ -275,7 +275,10 @@ def trainer_alive(run_dir: str | Path):
     return holder if holder.host != socket.gethostname() or pid_alive(holder.pid) else None
 
 def read_history(run_dir: str | Path) -> list[ev.Event]:
-    rows = ev.read_metrics(metrics_path(run_dir))
+    return _typed(ev.read_metrics(metrics_path(run_dir)))
+
+
+def _typed(rows: list[dict]) -> list[ev.Event]:
     return [e for e in map(ev.event_from_json, rows) if e is not None]
 
 
@@ -301,12 +304,15 @@ class RunState:
     log: list[str] = field(default_factory=list)
     started: ev.RunStarted | None = None
     error: str = ""
+    reason: str = ""             # the Finished event's: completed, stopped, early_stopping
+    elapsed: float | None = None  # training seconds so far (the last Step's or Finished's)
     live: bool = False           # trained by this process right now
 
     @classmethod
-    def from_folder(cls, run_dir: str | Path) -> "RunState":
+    def from_folder(cls, run_dir: str | Path, rows: list[dict] | None = None) -> "RunState":
+        """The run's state from its metrics.jsonl (``rows``: those lines, already read)."""
         state = cls(str(run_dir))
-        for event in read_history(run_dir):
+        for event in _typed(ev.read_metrics(metrics_path(run_dir)) if rows is None else rows):
             state.apply(event)
         if state.status == "running" and trainer_alive(run_dir) is None:
             state.status = "interrupted"   # no live trainer holds its lock: it was killed
@@ -326,7 +332,7 @@ class RunState:
         self.rewards = {k: [p for p in v if p[0] <= e.start_step]
                         for k, v in self.rewards.items()}
         self.eval_rewards = [p for p in self.eval_rewards if p[0] <= e.start_step]
-        self.status, self.error = "running", ""
+        self.status, self.error, self.reason = "running", "", ""
         verb = f"resumed at step {e.start_step}" if e.start_step else "started"
         self._log(f"{verb}: {e.method} on {e.model} ({e.device}, {e.dtype}), "
                   f"{e.trainable_params:,} trainable of {e.total_params:,} parameters")
@@ -339,6 +345,7 @@ class RunState:
 
     def _on_Step(self, e: ev.Step) -> None:
         self.last, self.step, self.total_steps = e, e.step, e.total_steps
+        self.elapsed = e.elapsed
         self.losses.append((e.step, e.loss))
         self.learning_rates.append(e.learning_rate)
         if "zero_spread" in e.metrics:   # only GRPO reports the share of zero-spread groups
@@ -369,7 +376,7 @@ class RunState:
         self._log(f"step {e.step}: {what}")
 
     def _on_Finished(self, e: ev.Finished) -> None:
-        self.step = e.step
+        self.step, self.reason, self.elapsed = e.step, e.reason, e.elapsed
         self.status = "stopped" if e.reason == "stopped" else "finished"
         if e.best_val_loss is not None:
             self.best_val = e.best_val_loss
@@ -400,19 +407,152 @@ class RunInfo:
     total_steps: int
     best_val: float | None
     test_score: float | None = None   # tuned exact match on the test split (score.json)
+    started: float | None = None      # when it first started (epoch seconds)
+    duration: float | None = None     # training seconds, resumes included
+    outcome: str = ""                 # why it ended: completed, early_stopping, the error
+
+    @property
+    def note(self) -> str:
+        """The status with its reason where one is known: "failed: <error>",
+        "finished: early_stopping"."""
+        if self.outcome and self.outcome not in ("completed", "stopped"):
+            return f"{self.status}: {self.outcome}"
+        return self.status
 
 
 def run_info(run_dir: Path) -> RunInfo:
     from macft import recipe as recipe_mod
 
-    state = RunState.from_folder(run_dir)
+    rows = ev.read_metrics(metrics_path(run_dir))
+    state = RunState.from_folder(run_dir, rows)
     try:
         recipe = recipe_mod.load(recipe_path(run_dir))
         method, model = recipe.method, recipe.model.path
     except MacftError:
         method, model = "?", "?"
-    return RunInfo(run_dir, state.status, method, model, state.step, state.total_steps,
-                   state.best_val, tuned_exact_match(run_dir))
+    status, outcome = state.status, state.error or state.reason
+    if status == "new":               # no events (or none left): finished.json may know more
+        done = _finished_record(run_dir)
+        if done is not None:
+            status, outcome = "finished", str(done.get("reason", ""))
+    return RunInfo(run_dir, status, method, model, state.step, state.total_steps,
+                   state.best_val, tuned_exact_match(run_dir), _started_at(rows),
+                   state.elapsed, outcome)
+
+
+def _started_at(rows: list[dict]) -> float | None:
+    """The time of the run's first RunStarted event (a resume keeps the first date)."""
+    for row in rows:
+        if row.get("event") == "RunStarted":
+            t = row.get("time")
+            return float(t) if isinstance(t, (int, float)) and t > 0 else None
+    return None
+
+
+def _finished_record(run_dir: Path) -> dict | None:
+    try:
+        done = read_finished(run_dir)
+    except MacftError:
+        return None
+    return done if isinstance(done, dict) else None
+
+
+# ----- managing run folders (the TUI's delete, rename, duplicate, new run) --------------------
+def refuse_if_training(run_dir: str | Path, doing: str, shown: str | None = None) -> None:
+    """One line naming the trainer when a live process holds ``run_dir``'s lock (``shown``:
+    the folder as the line names it)."""
+    holder = trainer_alive(run_dir)
+    if holder is not None:
+        raise MacftError(f"{shown or run_dir}: cannot {doing} it: it is being trained by "
+                         f"{holder.describe()}; stop it first")
+
+
+def _refuse_existing(target: Path) -> None:
+    if target.exists() or target.is_symlink():
+        raise MacftError(f"{target}: already exists; choose another name")
+
+
+def sibling(run_dir: str | Path, name: str) -> Path:
+    """The folder ``name`` beside ``run_dir``; a name is one folder name, not a path."""
+    name = name.strip()
+    if not name or name in (".", "..") or "/" in name or os.sep in name:
+        raise MacftError(f"{name!r}: a run name is one folder name (no '/')")
+    return Path(run_dir).parent / name
+
+
+def free_name(run_dir: str | Path) -> str:
+    """The first of <name>-2, <name>-3 ... that is not a folder beside ``run_dir`` yet
+    (a name that already ends in -N counts on from it)."""
+    run_dir = Path(run_dir)
+    m = re.fullmatch(r"(?P<base>.+)-(?P<n>\d+)", run_dir.name)
+    base, n = (m["base"], int(m["n"]) + 1) if m else (run_dir.name, 2)
+    while (run_dir.parent / f"{base}-{n}").exists():
+        n += 1
+    return f"{base}-{n}"
+
+
+def with_output(recipe, run_dir: str | Path):
+    """``recipe`` training into ``run_dir`` (as the override ``output=run_dir`` makes it):
+    a staged recipe's stages move with it."""
+    from macft import recipe as recipe_mod
+
+    raw = recipe_mod.to_dict(recipe)
+    raw["output"] = _output_text(Path(run_dir))
+    return recipe_mod.from_dict(raw, str(recipe_path(run_dir)))
+
+
+def _output_text(run_dir: Path) -> str:
+    """A folder under the working directory as a relative path (as runs/<name> is), so the
+    project can move; anything else as given."""
+    try:
+        return str(run_dir.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(run_dir)
+
+
+def delete_run(run_dir: str | Path) -> None:
+    """Remove a run folder that nobody trains (its lock is held while it goes)."""
+    from macft.lock import run_lock
+
+    run_dir = Path(run_dir)
+    refuse_if_training(run_dir, "delete")
+    with run_lock(run_dir):          # a trainer starting now waits for nothing: it is gone
+        shutil.rmtree(run_dir)
+
+
+def rename_run(run_dir: str | Path, name: str) -> Path:
+    """Move a run folder that nobody trains to ``name`` beside it; never onto an existing
+    folder. Its recipe.yaml then names the new folder as its output."""
+    from macft import recipe as recipe_mod
+    from macft.lock import lock_path, run_lock
+
+    run_dir = Path(run_dir)
+    target = sibling(run_dir, name)
+    refuse_if_training(run_dir, "rename")
+    _refuse_existing(target)
+    with run_lock(run_dir):
+        os.rename(run_dir, target)
+        lock_path(target).unlink()   # ours, carried along: the folder is free again
+    try:
+        recipe = recipe_mod.load(recipe_path(target))
+    except MacftError:
+        return target                # an unreadable recipe moves as it is
+    recipe_mod.dump(with_output(recipe, target), recipe_path(target))
+    return target
+
+
+def duplicate_run(run_dir: str | Path, name: str) -> Path:
+    """A new run folder ``name`` beside ``run_dir`` holding only its recipe (output set to
+    the new folder): no events, checkpoints or adapters, ready to start."""
+    from macft import recipe as recipe_mod
+
+    run_dir = Path(run_dir)
+    target = sibling(run_dir, name)
+    _refuse_existing(target)
+    recipe = with_output(recipe_mod.load(recipe_path(run_dir)), target)
+    target.mkdir(parents=True)
+    recipe_mod.dump(recipe, recipe_path(target))
+    return target
 
 
 def scan_runs(runs_root: Path) -> list[RunInfo]:

@@ -119,6 +119,11 @@ class MacftApp(App):
 
         self.push_screen(EvaluateScreen(Path(run_dir)))
 
+    def open_curves(self, run_dirs: list[Path]) -> None:
+        from macft.tui.screens.curves import CurvesScreen
+
+        self.push_screen(CurvesScreen(run_dirs))
+
     def open_export(self, run_dir: str | Path) -> None:
         from macft.tui.screens.export import ExportScreen
 
@@ -176,6 +181,48 @@ class MacftApp(App):
         self._follow(LiveRun(key, TrainerProcess(recipe)))
         self.redraw(state)
         return state
+
+    def start_recipe(self, recipe: recipe_mod.Recipe) -> None:
+        """Start ``recipe`` and open its monitor. When its run folder already holds a run
+        (finished, stopped, failed, killed), ask first: resume it (when it can be), a new run
+        in a free folder beside it (<name>-2 by default, editable), or cancel."""
+        from macft.tui.screens.confirm import NameScreen
+
+        run_dir = Path(recipe.run_dir)
+        state = RunState.from_folder(run_dir)
+        status = state.status
+        if status == "new" and runs.is_finished(run_dir):
+            status = "finished"            # a staged run: the events are in its stages
+        if status in ("new", "running"):   # nothing there yet; a live trainer is refused next
+            self._start_and_open(recipe)
+            return
+        choices = [("r", "Resume", "resume")] if state.resumable else []
+        choices += [("n", "New run", "new"), ("escape", "Cancel", None)]
+        what = "Resume it, or start a new run" if state.resumable else "Start a new run"
+        where = f" at step {state.step}/{state.total_steps}" if state.total_steps else ""
+        question = (f"{self.show_path(run_dir)} already holds a run ({status}{where}). "
+                    f"{what} in the folder below (Tab edits its name):")
+
+        def check(name: str) -> str:
+            try:
+                target = runs.sibling(run_dir, name)
+            except MacftError as exc:
+                return str(exc)
+            return f"{self.show_path(target)} already exists" if target.exists() else ""
+
+        def answer(choice) -> None:
+            if choice == "resume":
+                self._start_and_open(recipe)
+            elif choice is not None:
+                target = runs.sibling(run_dir, choice[1])
+                self._start_and_open(runs.with_output(recipe, target))
+
+        self.push_screen(NameScreen(question, runs.free_name(run_dir), choices, check,
+                                    named=("new",), focus_name=False), answer)
+
+    def _start_and_open(self, recipe: recipe_mod.Recipe) -> None:
+        if self.start_training(recipe) is not None:
+            self.open_run(recipe.run_dir)
 
     def attach(self, run_dir: str | Path) -> bool:
         """Follow (and steer) a run another process trains, when this app trains none."""

@@ -189,8 +189,7 @@ class RecipeScreen(Screen):
         except MacftError as exc:          # on the form, where it can be fixed
             self.show_error(f"{self.src}: {exc}")
             return
-        if self.app.start_training(recipe) is not None:
-            self.app.open_run(recipe.run_dir)
+        self.app.start_recipe(recipe)      # asks first when its run folder holds a run
 
     def action_inspect(self) -> None:
         recipe = self.validated()

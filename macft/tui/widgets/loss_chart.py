@@ -1,10 +1,13 @@
-"""A loss chart drawn with block characters: training loss as bars, validation loss as dots.
+"""A loss chart drawn with block characters: training loss as bars, validation loss as dots;
+or several runs overlaid, one colour each, with a legend.
 
 No plotting library: ``chart_lines`` maps steps to columns (the mean loss of the steps a column
 covers) and losses to eighths of a row, which is enough to watch a loss curve fall.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from rich.text import Text
 from textual.widget import Widget
@@ -39,37 +42,25 @@ def _column_of(step: int, x_max: int, width: int) -> int:
     return min(width - 1, max(0, (step - 1) * width // max(x_max, 1)))
 
 
-def chart_lines(train: list[tuple[int, float]], val: list[tuple[int, float]], width: int,
-                height: int, total_steps: int = 0) -> list[Text]:
-    """``height`` lines of ``width`` cells: ``height - 1`` plot rows and an x-axis label row."""
-    rows = max(height - 1, 1)
-    plot_w = max(width - LABEL_WIDTH - 1, 1)
-    if not train and not val:
-        msg = "waiting for the first step"
-        return [Text(msg.center(width), style=AXIS) if r == rows // 2 else Text(" " * width)
-                for r in range(height)]
-    last = max([s for s, _ in train] + [s for s, _ in val])
-    x_max = max(total_steps, last, 1)
-    columns = _columns(train, x_max, plot_w)
-    values = list(columns.values()) + [v for _, v in val]  # what is drawn sets the scale
+def _scale(values: list[float], rows: int) -> tuple[float, float, float, float]:
+    """(lo, hi, base, eighths per unit) so that the lowest value still shows as a small bar."""
     lo, hi = min(values), max(values)
     span = hi - lo if hi - lo > 1e-12 else max(abs(hi), 1.0)
-    base = lo - 0.1 * span  # so that the lowest loss still shows as a small bar
-    scale = rows * 8 / (hi - base if hi > base else 1.0)
-    cells = [[(" ", "")] * plot_w for _ in range(rows)]
-    for col, value in columns.items():
-        eighths = min(rows * 8, max(1, round((value - base) * scale)))
-        full, part = divmod(eighths, 8)
-        for r in range(full):
-            cells[rows - 1 - r][col] = ("█", TRAIN)
-        if part and full < rows:
-            cells[rows - 1 - full][col] = (BLOCKS[part], TRAIN)
-    for step, value in val:
-        col = _column_of(step, x_max, plot_w)
-        r = min(rows - 1, int((value - base) * scale) // 8)
-        under = cells[rows - 1 - r][col][0]
-        cells[rows - 1 - r][col] = ("●", f"bold {VAL} on {TRAIN}" if under == "█" else
-                                    f"bold {VAL}")
+    base = lo - 0.1 * span
+    return lo, hi, base, rows * 8 / (hi - base if hi > base else 1.0)
+
+
+def _waiting(width: int, height: int) -> list[Text]:
+    msg = "waiting for the first step"
+    rows = max(height - 1, 1)
+    return [Text(msg.center(width), style=AXIS) if r == rows // 2 else Text(" " * width)
+            for r in range(height)]
+
+
+def _framed(cells: list[list[tuple[str, str]]], lo: float, hi: float, x_max: int,
+            plot_w: int) -> list[Text]:
+    """The plot rows with the loss labels on the left, then the step axis."""
+    rows = len(cells)
     labels = {0: _fmt(hi), rows - 1: _fmt(lo)}
     if rows > 4:
         labels[rows // 2] = _fmt((hi + lo) / 2)
@@ -86,8 +77,98 @@ def chart_lines(train: list[tuple[int, float]], val: list[tuple[int, float]], wi
     return lines
 
 
+def chart_lines(train: list[tuple[int, float]], val: list[tuple[int, float]], width: int,
+                height: int, total_steps: int = 0) -> list[Text]:
+    """``height`` lines of ``width`` cells: ``height - 1`` plot rows and an x-axis label row."""
+    rows = max(height - 1, 1)
+    plot_w = max(width - LABEL_WIDTH - 1, 1)
+    if not train and not val:
+        return _waiting(width, height)
+    last = max([s for s, _ in train] + [s for s, _ in val])
+    x_max = max(total_steps, last, 1)
+    columns = _columns(train, x_max, plot_w)
+    values = list(columns.values()) + [v for _, v in val]  # what is drawn sets the scale
+    lo, hi, base, scale = _scale(values, rows)
+    cells = [[(" ", "")] * plot_w for _ in range(rows)]
+    for col, value in columns.items():
+        eighths = min(rows * 8, max(1, round((value - base) * scale)))
+        full, part = divmod(eighths, 8)
+        for r in range(full):
+            cells[rows - 1 - r][col] = ("█", TRAIN)
+        if part and full < rows:
+            cells[rows - 1 - full][col] = (BLOCKS[part], TRAIN)
+    for step, value in val:
+        col = _column_of(step, x_max, plot_w)
+        r = min(rows - 1, int((value - base) * scale) // 8)
+        under = cells[rows - 1 - r][col][0]
+        cells[rows - 1 - r][col] = ("●", f"bold {VAL} on {TRAIN}" if under == "█" else
+                                    f"bold {VAL}")
+    return _framed(cells, lo, hi, x_max, plot_w)
+
+
+# Colours of overlaid runs, in order (then again from the first).
+PALETTE = ("#5fafd7", "#ffaf00", "#87d75f", "#ff5f87", "#af87ff", "#d7d75f", "#5fd7d7",
+           "#ff875f")
+
+
+@dataclass(frozen=True)
+class Series:
+    """One run's curves in an overlaid chart: (step, loss) points and its colour."""
+
+    name: str
+    train: list[tuple[int, float]]
+    val: list[tuple[int, float]]
+    colour: str
+    total_steps: int = 0
+
+
+def series_for(runs: list[tuple[str, list, list, int]]) -> list[Series]:
+    """(name, train, val, total steps) per run -> series with the palette's colours."""
+    return [Series(name, list(train), list(val), PALETTE[i % len(PALETTE)], total)
+            for i, (name, train, val, total) in enumerate(runs)]
+
+
+def legend_line(series: list[Series], width: int) -> Text:
+    """"━ name" in each run's colour, then what the marks mean; cut to ``width``."""
+    line = Text(" " * LABEL_WIDTH + " ")
+    for s in series:
+        line.append("━ ", style=f"bold {s.colour}")
+        line.append(s.name + "  ", style=s.colour)
+    line.append("▁▄█ train, ● validation", style=AXIS)
+    line.truncate(width)
+    return line
+
+
+def overlay_lines(series: list[Series], width: int, height: int) -> list[Text]:
+    """Several runs on one scale: a legend row, ``height - 2`` plot rows and the step axis.
+    Each run's training loss is a line of eighth-blocks (the block's top is the loss) and
+    its validation losses are dots, all in the run's colour; a later run draws over an
+    earlier one where they meet."""
+    rows = max(height - 2, 1)
+    plot_w = max(width - LABEL_WIDTH - 1, 1)
+    steps = [p[0] for s in series for p in s.train + s.val]
+    if not steps:
+        return [legend_line(series, width)] + _waiting(width, height - 1)
+    x_max = max([max(steps)] + [s.total_steps for s in series] + [1])
+    columns = [_columns(s.train, x_max, plot_w) for s in series]
+    values = [v for c in columns for v in c.values()] + [v for s in series for _, v in s.val]
+    lo, hi, base, scale = _scale(values, rows)
+    cells = [[(" ", "")] * plot_w for _ in range(rows)]
+    for s, cols in zip(series, columns):
+        for col, value in cols.items():
+            eighths = min(rows * 8, max(1, round((value - base) * scale)))
+            r, part = divmod(eighths - 1, 8)
+            cells[rows - 1 - r][col] = (BLOCKS[part + 1], s.colour)
+        for step, value in s.val:
+            col = _column_of(step, x_max, plot_w)
+            r = min(rows - 1, int((value - base) * scale) // 8)
+            cells[rows - 1 - r][col] = ("●", f"bold {s.colour}")
+    return [legend_line(series, width)] + _framed(cells, lo, hi, x_max, plot_w)
+
+
 class LossChart(Widget):
-    """Training loss bars and validation dots of one run; call ``update_points`` to redraw."""
+    """Training loss bars and validation dots of one run (``update_points``), or several
+    runs' curves overlaid with a legend (``update_series``)."""
 
     DEFAULT_CSS = """
     LossChart { height: 12; }
@@ -98,12 +179,20 @@ class LossChart(Widget):
         self.train: list[tuple[int, float]] = []
         self.val: list[tuple[int, float]] = []
         self.total_steps = 0
+        self.series: list[Series] = []
 
     def update_points(self, train, val, total_steps: int) -> None:
         self.train, self.val, self.total_steps = list(train), list(val), total_steps
         self.refresh()
 
+    def update_series(self, series: list[Series]) -> None:
+        self.series = list(series)
+        self.refresh()
+
     def render(self) -> Text:
-        lines = chart_lines(self.train, self.val, self.size.width, self.size.height,
-                            self.total_steps)
+        if self.series:
+            lines = overlay_lines(self.series, self.size.width, self.size.height)
+        else:
+            lines = chart_lines(self.train, self.val, self.size.width, self.size.height,
+                                self.total_steps)
         return Text("\n").join(lines)
