@@ -25,6 +25,7 @@ class HomeScreen(Screen):
         Binding("e", "export", "Export"),
         Binding("v", "evaluate", "Eval"),       # 80 columns keep Quit
         Binding("g", "reload", "Refresh", show=False),   # 80 columns keep Quit
+        Binding("f", "first_run", "First run", show=False),
     ]
 
     def compose(self) -> ComposeResult:
@@ -124,6 +125,9 @@ class HomeScreen(Screen):
 
     def action_new_recipe(self) -> None:
         self.app.open_recipe(None)
+
+    def action_first_run(self) -> None:
+        self.app.open_first_run()
 
     def action_inspect(self) -> None:
         picked = self._focused()
