@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
     pl.add_argument("--memory-budget", metavar="SIZE",
                     help=f"e.g. 12GB (default: {SAFE_SHARE * 100:.0f}%% of this machine's memory)")
+    pl.add_argument("--json", action="store_true",
+                    help="print the measurements as one JSON line instead of the report")
 
     ev = sub.add_parser("eval", parents=[common], help="greedy answers + exact match on a data set")
     ev.add_argument("target", help="run folder or model")
@@ -195,7 +197,7 @@ def cmd_run(args) -> int:
 
         budget = parse_size(args.memory_budget)
         result = plan(recipe, budget)
-        _console(_plan_line(result))
+        _console(result.summary())
         if not result.fits and not args.force:
             raise MacftError(result.refusal())
     runtime.limit_memory()          # on a Mac: fail cleanly rather than freeze the machine
@@ -238,40 +240,23 @@ def run_exit_code(reason: str, received: list[int]) -> int:
     return exit_for_signal(received[0]) if received else EXIT_SIGINT
 
 
-def _plan_line(result) -> str:
-    from macft.plan import gb
-
-    m = result.first
-    rows, length = result.longest
-    fits = "fits" if result.fits else "does NOT fit"
-    return (f"plan: peak {gb(m.peak_bytes)} at the longest batch ({rows} x {length} tokens, "
-            f"grad_accum {m.setting.grad_accum}); budget {gb(result.budget)}: {fits}; "
-            f"{m.seconds_per_step:.2f} s/step")
-
-
 def cmd_plan(args) -> int:
+    import json
+
     from macft import recipe as recipe_mod
-    from macft.plan import gb, parse_size, plan
+    from macft.plan import parse_size, plan
 
     budget = parse_size(args.memory_budget) if args.memory_budget else None
     recipe = recipe_mod.load(Path(args.recipe), args.overrides)
+    if args.json:                 # one line for a program (the TUI's Plan key)
+        result = plan(recipe, budget)
+        _console(json.dumps(result.to_json()))
+        return 0 if result.fits else 1
     _console(f"planning {args.recipe}: two steps on the longest batch ...")
     result = plan(recipe, budget)
-    _console(_plan_line(result))
-    minutes = result.run_seconds / 60
-    _console(f"the run: {result.total_steps} steps, about {minutes:.0f} min "
-             f"({result.run_seconds:.0f} s; mean batch fill {result.fill:.0%} of the longest)")
-    for m in result.measured[1:]:
-        verdict = "fits" if m.peak_bytes <= result.budget else "too big"
-        _console(f"  {m.setting.describe()}: peak {gb(m.peak_bytes)}, "
-                 f"{m.seconds_per_step:.1f} s/step ({verdict})")
-    if result.fits:
-        return 0
-    if result.advice:
-        _console(f"use: macft run {args.recipe} {result.advice.setting.describe()}")
-    else:
-        _console("nothing tried fits: lower data.max_length, or use method=qlora")
-    return 1
+    for line in result.report(args.recipe):
+        _console(line)
+    return 0 if result.fits else 1
 
 
 def _launch(args) -> int:

@@ -96,6 +96,46 @@ class Plan:
         """The whole run, from the longest batch's step time scaled by the mean batch fill."""
         return self.first.seconds_per_step * self.fill * self.total_steps
 
+    def verdict(self) -> str:
+        """Peak at the longest batch against the budget: fits or not."""
+        m, (rows, length) = self.first, self.longest
+        fits = "fits" if self.fits else "does NOT fit"
+        return (f"plan: peak {gb(m.peak_bytes)} at the longest batch ({rows} x {length} tokens, "
+                f"grad_accum {m.setting.grad_accum}); budget {gb(self.budget)}: {fits}")
+
+    def summary(self) -> str:
+        return f"{self.verdict()}; {self.first.seconds_per_step:.2f} s/step"
+
+    def report(self, recipe_label: str) -> list[str]:
+        """What `macft plan` prints (and the TUI shows): the verdict, the run's time, every
+        other setting measured, and the advice, as `macft run <recipe_label> ...`."""
+        minutes = self.run_seconds / 60
+        lines = [self.summary(),
+                 f"the run: {self.total_steps} steps, about {minutes:.0f} min "
+                 f"({self.run_seconds:.0f} s; mean batch fill {self.fill:.0%} of the longest)"]
+        for m in self.measured[1:]:
+            verdict = "fits" if m.peak_bytes <= self.budget else "too big"
+            lines.append(f"  {m.setting.describe()}: peak {gb(m.peak_bytes)}, "
+                         f"{m.seconds_per_step:.1f} s/step ({verdict})")
+        if self.fits:
+            return lines
+        if self.advice:
+            return lines + [f"use: macft run {recipe_label} {self.advice.setting.describe()}"]
+        return lines + ["nothing tried fits: lower data.max_length, or use method=qlora"]
+
+    def to_json(self) -> dict:
+        """The measured numbers (not the recipe), for `macft plan --json`."""
+        return {"budget": self.budget, "longest": list(self.longest),
+                "total_steps": self.total_steps, "fill": self.fill,
+                "measured": [dataclasses.asdict(m) for m in self.measured]}
+
+    @classmethod
+    def from_json(cls, recipe: Recipe, data: dict) -> "Plan":
+        measured = [Measured(Setting(**m["setting"]), m["peak_bytes"], m["seconds_per_step"])
+                    for m in data["measured"]]
+        return cls(recipe, data["budget"], tuple(data["longest"]), data["total_steps"],
+                   data["fill"], measured)
+
     def refusal(self) -> str:
         head = (f"plan: peak {gb(self.first.peak_bytes)} exceeds the {gb(self.budget)} budget")
         if self.advice:

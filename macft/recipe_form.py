@@ -8,6 +8,7 @@ one-line messages. No default or help text is copied here.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,11 @@ from typing import Any
 import yaml
 
 from macft import recipe as recipe_mod
+
+# The options a person sets for a first run, shown on top of the form in this order; every other
+# option waits under "Advanced". The one list of them.
+ESSENTIAL = ("name", "model.path", "method", "data.train", "data.valid", "train.steps",
+             "train.learning_rate", "lora.rank")
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,27 @@ def choices_of(key: str, cls=recipe_mod.Recipe) -> tuple | None:
 def form_fields() -> list[FormField]:
     return [FormField(key, tname, default, help_text, choices_of(key), recipe_mod.bounds_of(key))
             for key, tname, default, help_text in recipe_mod.describe()]
+
+
+def essential_first(fields: list[FormField]) -> tuple[list[FormField], list[FormField]]:
+    """(the ESSENTIAL fields in their order, the others with top-level options first)."""
+    by_key = {f.key: f for f in fields}
+    rest = [f for f in fields if f.key not in ESSENTIAL]
+    return [by_key[k] for k in ESSENTIAL], sorted(rest, key=lambda f: f.section != "")
+
+
+# Every loader message names its option as ``key 'train.steps'`` (``errors.where``), and a
+# check on two options as ``keys 'a' > 'b'``: the first one the form has is the field to fix.
+_KEY_IN_MESSAGE = re.compile(r"'([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*)'")
+
+
+def error_key(message: str, keys) -> str | None:
+    """The form key an error message names (None when it names none of ``keys``)."""
+    first = re.search(r"\bkeys? '", message)
+    if first is None:
+        return None
+    return next((k for k in _KEY_IN_MESSAGE.findall(message[first.start():]) if k in keys),
+                None)
 
 
 def to_text(value: Any) -> str:

@@ -7,5 +7,5 @@ def run_app(target: str | None = None) -> int:
     """Open the TUI (on a recipe file or run folder when ``target`` names one)."""
     from macft.tui.app import MacftApp
 
-    MacftApp(target=target).run()
+    MacftApp(target=target, welcome=True).run()
     return 0

@@ -45,10 +45,11 @@ class MacftApp(App):
                 Binding("ctrl+p", "command_palette", "Commands", show=False)]
 
     def __init__(self, root: str | Path | None = None, target: str | None = None,
-                 recipe_dirs: list[Path] | None = None):
+                 recipe_dirs: list[Path] | None = None, welcome: bool = False):
         super().__init__()
         self.root = Path(root or Path.cwd())
         self.target = target
+        self.welcome = welcome        # open the first-run screen in a folder with nothing yet
         self.recipe_dirs = recipe_dirs or [self.root / "recipes", SHIPPED_RECIPES]
         self.states: dict[str, RunState] = {}
         self.live: LiveRun | None = None
@@ -79,6 +80,12 @@ class MacftApp(App):
         self.push_screen(HomeScreen())
         if self.target:
             self.open_target(self.target)
+        elif self.welcome and self.is_new_folder():
+            self.open_first_run()
+
+    def is_new_folder(self) -> bool:
+        """No runs and no recipes of its own: a person's first visit."""
+        return not self.runs() and not recipe_files([self.root / "recipes"])
 
     def open_target(self, target: str) -> None:
         path = Path(target)
@@ -98,6 +105,11 @@ class MacftApp(App):
             self.notify(str(exc), severity="error", timeout=10)
             return
         self.push_screen(RecipeScreen(recipe, path))
+
+    def open_first_run(self) -> None:
+        from macft.tui.screens.first_run import FirstRunScreen
+
+        self.push_screen(FirstRunScreen())
 
     def open_run(self, run_dir: str | Path) -> None:
         from macft.tui.screens.monitor import MonitorScreen
@@ -304,6 +316,8 @@ class MacftApp(App):
         yield SystemCommand("Home", "Recipes and recent runs", self.action_home)
         yield SystemCommand("New recipe", "A recipe form with every default",
                             partial(self.open_recipe, None))
+        yield SystemCommand("First run", "Pick a model and a data file; write, plan, start",
+                            self.open_first_run)
         for path in self.recipes():
             yield SystemCommand(f"Recipe: {path.stem}", f"Edit and start {self.show_path(path)}",
                                 partial(self.open_recipe, path))

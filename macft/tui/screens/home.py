@@ -87,6 +87,7 @@ class HomeScreen(Screen):
         Binding("x", "delete", "Delete run", show=False),
         Binding("m", "rename", "Rename run", show=False),
         Binding("c", "duplicate", "Copy run", show=False),
+        Binding("f", "first_run", "First run", show=False),
     ]
 
     def __init__(self):
@@ -198,6 +199,9 @@ class HomeScreen(Screen):
 
     def action_new_recipe(self) -> None:
         self.app.open_recipe(None)
+
+    def action_first_run(self) -> None:
+        self.app.open_first_run()
 
     def action_inspect(self) -> None:
         picked = self._focused()

@@ -1,4 +1,5 @@
-"""Recipe: a form with one row per option, derived from ``recipe.describe()``; save, start."""
+"""Recipe: a form with one row per option, derived from ``recipe.describe()``: the essential
+options on top, the rest under Advanced; an error is shown on its field; plan, save, start."""
 
 from __future__ import annotations
 
@@ -9,21 +10,28 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, Select, Static
+from textual.widget import Widget
+from textual.widgets import Button, Checkbox, Collapsible, Footer, Header, Input, Label, \
+    Select, Static
 
 from macft import recipe as recipe_mod, recipe_edit
 from macft.errors import MacftError
-from macft.recipe_form import FormField, form_fields, from_text, recipe_values, to_text, \
-    values_to_recipe
+from macft.recipe_form import FormField, error_key, essential_first, form_fields, from_text, \
+    recipe_values, to_text, values_to_recipe
 
 
 def field_id(key: str) -> str:
     return "opt-" + key.replace(".", "-")
 
 
+def row_id(key: str) -> str:
+    return "row-" + key.replace(".", "-")
+
+
 class RecipeScreen(Screen):
     BINDINGS = [
         Binding("ctrl+s", "save", "Save", priority=True),
+        Binding("ctrl+l", "plan", "Plan", priority=True),
         Binding("ctrl+r", "start", "Start run", priority=True),
         Binding("ctrl+d", "inspect", "Inspect data", priority=True),
         Binding("escape", "back", "Back"),
@@ -33,8 +41,10 @@ class RecipeScreen(Screen):
         super().__init__()
         self.recipe = recipe
         self.path = path
-        # Top-level options (name, method, output) first, then one block per section.
-        self.fields = sorted(form_fields(), key=lambda f: f.section != "")
+        # The essential options, then top-level ones (objective, output ...), then a block per
+        # section under Advanced.
+        self.essential, self.advanced = essential_first(form_fields())
+        self.fields = self.essential + self.advanced
         self.by_id = {field_id(f.key): f for f in self.fields}
         self._suggested = ""
         self._saved: dict = {}          # the editors' values as last loaded or saved
@@ -51,21 +61,29 @@ class RecipeScreen(Screen):
             yield Input(self._default_save_path(), id="save-path", compact=True)
         values = recipe_values(self.recipe)
         with VerticalScroll(id="form"):
-            section = None
-            for f in self.fields:
-                if f.section != section:
-                    section = f.section
-                    yield Static(section or "recipe", classes="form-section")
-                with Horizontal(classes="field-row"):
-                    yield Label(f.key.rpartition(".")[2], classes="field-key")
-                    yield self._editor(f, values[f.key])
+            yield Static("essentials", classes="form-section")
+            for f in self.essential:        # out of their sections: the whole key
+                yield self._row(f, values[f.key], f.key)
+            with Collapsible(title="Advanced: every other option", collapsed=True,
+                             id="advanced"):
+                section = None
+                for f in self.advanced:
+                    if f.section != section:
+                        section = f.section
+                        yield Static(section or "recipe", classes="form-section")
+                    yield self._row(f, values[f.key], f.key.rpartition(".")[2])
         yield Static("", id="field-help")
         yield Static("", id="form-error")
         with Horizontal(id="recipe-buttons"):
             yield Button("Save  ^s", id="save", compact=True)
+            yield Button("Plan  ^l", id="plan", compact=True)
             yield Button("Inspect data  ^d", id="inspect", compact=True)
             yield Button("Start run  ^r", id="start", variant="primary", compact=True)
         yield Footer()
+
+    def _row(self, f: FormField, value, label: str) -> Horizontal:
+        return Horizontal(Label(label, classes="field-key"),
+                          self._editor(f, value), classes="field-row", id=row_id(f.key))
 
     def _default_save_path(self) -> str:
         """The file itself for the user's recipes; a copy under recipes/ for shipped ones."""
@@ -105,6 +123,7 @@ class RecipeScreen(Screen):
     def on_descendant_focus(self, event: events.DescendantFocus) -> None:
         f = self.by_id.get(event.widget.id or "")
         if f is not None:
+            self._reveal(event.widget)
             default = to_text(f.default) or "none"
             self.query_one("#field-help", Static).update(
                 f"[b]{f.key}[/b] ({f.type}, default {default}): {f.help}")
@@ -132,9 +151,33 @@ class RecipeScreen(Screen):
         return recipe
 
     def show_error(self, text: str) -> None:
+        """The message under the form and, when it names an option, under that option's
+        field too: the row is marked, an Advanced section holding it opens, the cursor goes
+        there."""
         error = self.query_one("#form-error", Static)
         error.update(text)
         error.set_class(bool(text), "shown")
+        for old in self.query(".field-error"):
+            old.remove()
+        for row in self.query(".field-row.invalid"):
+            row.remove_class("invalid")
+        key = error_key(text, {f.key for f in self.fields}) if text else None
+        if key is None:
+            return
+        row = self.query_one(f"#{row_id(key)}")
+        row.add_class("invalid")
+        note = Static(text.partition(": ")[2] or text, classes="field-error")
+        row.parent.mount(note, after=row)
+        editor = self.query_one(f"#{field_id(key)}")
+        self._reveal(editor)
+        editor.focus(scroll_visible=False)
+        self.call_after_refresh(note.scroll_visible, animate=False)
+
+    def _reveal(self, widget: Widget) -> None:
+        """Open the Advanced section when it holds ``widget``."""
+        advanced = self.query_one("#advanced", Collapsible)
+        if advanced.collapsed and advanced in widget.ancestors:
+            advanced.collapsed = False
 
     # ----- actions ----------------------------------------------------------------------------
     def action_save(self) -> None:
@@ -191,6 +234,25 @@ class RecipeScreen(Screen):
             return
         self.app.start_recipe(recipe)      # asks first when its run folder holds a run
 
+    def action_plan(self) -> None:
+        """`macft plan` for the form's values (saved or not), on a screen of its own; its
+        advice, when taken, goes into the batch fields."""
+        recipe = self.validated()
+        if recipe is None:
+            return
+        from macft.tui.screens.plan import PlanScreen
+
+        label = self.app.show_path(self.path) if self.path else "RECIPE.yaml"
+        self.app.push_screen(PlanScreen(recipe, label), self._take_advice)
+
+    def _take_advice(self, setting) -> None:
+        if setting is None:
+            return
+        self.set_value("train.batch_size", setting.batch_size)
+        self.set_value("train.grad_accum", setting.grad_accum)
+        self.set_value("train.grad_checkpoint", setting.grad_checkpoint)
+        self.notify(f"set {setting.describe()} (not saved yet)")
+
     def action_inspect(self) -> None:
         recipe = self.validated()
         if recipe is not None:
@@ -198,5 +260,5 @@ class RecipeScreen(Screen):
 
     @on(Button.Pressed)
     def _button(self, event: Button.Pressed) -> None:
-        {"save": self.action_save, "start": self.action_start,
+        {"save": self.action_save, "start": self.action_start, "plan": self.action_plan,
          "inspect": self.action_inspect}[event.button.id]()
