@@ -13,7 +13,7 @@ ids, is checked on a few rows too.
 The adapter comes from ``MACFT_GEMMA_RUN`` (a run folder of that recipe) or from
 ``tests/fixtures/gemma3-quickstart/`` (``adapters.safetensors`` + ``adapter_config.json``: a
 finished run of the recipe, its float32 weights stored as float16 to halve the file; 98.0% exact
-match in MLX as in float32); without either the test is skipped. ``MACFT_GEMMA_ROWS=N`` scores only the first N rows
+match in MLX so stored); without either the test is skipped. ``MACFT_GEMMA_ROWS=N`` scores only the first N rows
 (development; the acceptance is the whole split).
 
 With the fixture, on a loaded 2-core Xeon: 13.5 min (macft eval 84 s, exports 89 s, llama.cpp
