@@ -260,6 +260,7 @@ def adapter_dir(run_dir: str | Path) -> Path:
 
 
 # ----- history (the TUI's monitor and run list) -----------------------------------------------
+KEPT_SAMPLES = 20        # the monitor lists a run's newest samples (scrollable)
 
 
 def trainer_alive(run_dir: str | Path):
@@ -302,6 +303,7 @@ class RunState:
     started: ev.RunStarted | None = None
     error: str = ""
     live: bool = False           # trained by this process right now
+    phase: ev.Progress | None = None   # a validation pass or a set-up under way, else None
 
     @classmethod
     def from_folder(cls, run_dir: str | Path) -> "RunState":
@@ -326,7 +328,7 @@ class RunState:
         self.rewards = {k: [p for p in v if p[0] <= e.start_step]
                         for k, v in self.rewards.items()}
         self.eval_rewards = [p for p in self.eval_rewards if p[0] <= e.start_step]
-        self.status, self.error = "running", ""
+        self.status, self.error, self.phase = "running", "", None
         verb = f"resumed at step {e.start_step}" if e.start_step else "started"
         self._log(f"{verb}: {e.method} on {e.model} ({e.device}, {e.dtype}), "
                   f"{e.trainable_params:,} trainable of {e.total_params:,} parameters")
@@ -337,8 +339,11 @@ class RunState:
     def _on_Notice(self, e: ev.Notice) -> None:
         self._log(e.text)
 
+    def _on_Progress(self, e: ev.Progress) -> None:
+        self.phase = e
+
     def _on_Step(self, e: ev.Step) -> None:
-        self.last, self.step, self.total_steps = e, e.step, e.total_steps
+        self.last, self.step, self.total_steps, self.phase = e, e.step, e.total_steps, None
         self.losses.append((e.step, e.loss))
         self.learning_rates.append(e.learning_rate)
         if "zero_spread" in e.metrics:   # only GRPO reports the share of zero-spread groups
@@ -348,6 +353,7 @@ class RunState:
                     self.rewards.setdefault(k, []).append((e.step, float(v)))
 
     def _on_Eval(self, e: ev.Eval) -> None:
+        self.phase = None
         self.evals.append((e.step, e.val_loss))
         self.best_val = e.best_val_loss
         best = " (best)" if e.improved else ""
@@ -361,7 +367,7 @@ class RunState:
         self._log(f"step {e.step}: val loss {e.val_loss:.4f}{best}")
 
     def _on_Sample(self, e: ev.Sample) -> None:
-        self.samples = (self.samples + [e])[-6:]
+        self.samples = (self.samples + [e])[-KEPT_SAMPLES:]
 
     def _on_Checkpoint(self, e: ev.Checkpoint) -> None:
         self.checkpoints.append(e)
@@ -369,14 +375,14 @@ class RunState:
         self._log(f"step {e.step}: {what}")
 
     def _on_Finished(self, e: ev.Finished) -> None:
-        self.step = e.step
+        self.step, self.phase = e.step, None
         self.status = "stopped" if e.reason == "stopped" else "finished"
         if e.best_val_loss is not None:
             self.best_val = e.best_val_loss
         self._log(f"{e.reason} at step {e.step}")
 
     def _on_Failed(self, e: ev.Failed) -> None:
-        self.status, self.error = "failed", e.error
+        self.status, self.error, self.phase = "failed", e.error, None
         self._log(f"failed at step {e.step}: {e.error}")
 
     def _log(self, line: str) -> None:
