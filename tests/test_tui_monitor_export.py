@@ -120,8 +120,8 @@ def test_memory_gauge_against_the_machine(home, monkeypatch):
             [step(2, 10, memory=12.0, peak=12.0)]]
     shown, _, _ = run(_fed_monitor(home, monkeypatch, feed))
     assert [gauge for _, gauge in shown] == [
-        "memory ████▒▒░░░░░░░░░░ 6.0 / 24.0 GB  peak 9.0",
-        "memory ████████░░░░░░░░ 12.0 / 24.0 GB"]
+        "memory ██▒▒░░░░░░ 6.0 / 24.0 GB  peak 9.0",
+        "memory █████░░░░░ 12.0 / 24.0 GB"]
 
 
 def test_memory_gauge_of_a_run_recorded_without_current_memory_and_of_a_tiny_one():
@@ -130,6 +130,9 @@ def test_memory_gauge_of_a_run_recorded_without_current_memory_and_of_a_tiny_one
         "memory █░░░░░░░ 3.0 / 24.0 GB"
     assert monitor_mod.memory_gauge(0.012, 0.0304, 24.0, width=8).plain == \
         "memory ░░░░░░░░ 12 MB / 24.0 GB  peak 30 MB"
+    # Too narrow for the peak (a monitor at 80 columns): the bar and the numbers stay.
+    assert monitor_mod.memory_gauge(0.012, 0.0304, 24.0, width=8, fit=36).plain == \
+        "memory ░░░░░░░░ 12 MB / 24.0 GB"
 
 
 @pytest.mark.parametrize("end, said, severity", [
@@ -141,6 +144,59 @@ def test_bell_and_notification_once_when_a_run_ends(home, monkeypatch, end, said
     _, bells, notes = run(_fed_monitor(home, monkeypatch, feed, ending=[end]))
     assert bells == [1]
     assert [n for n in notes if "runs/fed" in n[0]] == [(said, severity)]
+
+
+# ----- the chart: validation as a line, smoothing -------------------------------------------------
+
+def test_ema_is_debiased():
+    from macft.tui.widgets.loss_chart import ema
+
+    assert ema([(1, 1.0), (2, 0.0), (3, 0.0)], weight=0.5) == \
+        [(1, 1.0), (2, pytest.approx(1 / 3)), (3, pytest.approx(1 / 7))]
+
+
+def test_validation_is_a_line_and_smoothing_draws_the_average_over_faint_bars():
+    from macft.tui.widgets.loss_chart import FAINT, TRAIN, chart_lines
+
+    train = [(n, 4.0 - 0.05 * n + (0.5 if n % 2 else 0.0)) for n in range(1, 41)]
+    val = [(10, 3.8), (20, 3.4), (40, 2.6)]
+    plain = chart_lines(train, val, width=49, height=11, total_steps=40)
+    plot = [line.plain[9:] for line in plain[:-1]]          # 40 columns: one a step
+    assert sum(row.count("●") for row in plot) == 3
+    columns = {c for row in plot for c, ch in enumerate(row) if ch == "·"}
+    assert columns == set(range(10, 19)) | set(range(20, 39))   # between the evaluations
+    assert not any("━" in row for row in plot)
+    smooth = chart_lines(train, [], width=49, height=11, total_steps=40, smooth=True)
+    rows = [line.plain[9:] for line in smooth[:-1]]
+    assert [sum(row[c] == "━" for row in rows) for c in range(40)] == [1] * 40
+    styles = {str(span.style) for line in smooth[:-1] for span in line.spans}
+    assert FAINT in styles and TRAIN not in styles           # the raw bars: faint
+    # The average moves less from step to step than the raw loss.
+    height = {c: next(r for r, row in enumerate(rows) if row[c] == "━") for c in range(40)}
+    assert max(abs(height[c + 1] - height[c]) for c in range(39)) <= 1
+
+
+async def _smooth_key(root: Path):
+    app = MacftApp(root=root)
+    async with app.run_test(size=SIZE) as pilot:
+        app.open_run(root / "runs" / "demo")
+        await pilot.pause()
+        chart = app.screen.query_one("#chart")
+        seen = [(chart.smooth, str(chart.border_title))]
+        await pilot.press("m")
+        seen.append((chart.smooth, str(chart.border_title)))
+        await pilot.press("m")
+        seen.append((chart.smooth, str(chart.border_title)))
+        return seen
+
+
+def test_m_toggles_smoothing_in_the_monitor(home):
+    from test_tui_snapshots import fake_run
+
+    fake_run(home, "demo", 20, 20, "completed", 2_000_000_000)
+    (off, title_off), (on, title_on), (again, _) = run(_smooth_key(home))
+    assert (off, on, again) == (False, True, False)
+    assert "average" in title_on and "raw" in title_on and "average" not in title_off
 
 
 # ----- ? help ------------------------------------------------------------------------------------

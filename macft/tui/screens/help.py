@@ -15,7 +15,7 @@ import sys
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingsMap
-from textual.containers import Vertical
+from textual.containers import VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Static
 
@@ -70,7 +70,7 @@ class HelpScreen(ModalScreen[None]):
         self.keys = keys(screen)
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="help-box"):
+        with VerticalScroll(id="help-box"):      # scrolls where the screen is short
             yield Static(Text(f"{self.title_text}: help", style="bold"), id="help-title")
             yield Static(self.about, id="help-about")
             yield Static(self.key_table(), id="help-keys")

@@ -30,7 +30,7 @@ STATUS_STYLE = {"running": "bold green", "starting": "green", "paused": "bold ye
 
 
 TRAINING = ("starting", "running", "paused", "stopping")   # a trainer is at work
-GAUGE_WIDTH = 16
+GAUGE_WIDTH = 10
 
 
 def clock(seconds: float) -> str:
@@ -61,9 +61,11 @@ def size_text(gb: float) -> str:
     return f"{gb:.1f}" if gb >= 1 else f"{gb * 1000:.0f} MB"
 
 
-def memory_gauge(current: float, peak: float, total: float, width: int = GAUGE_WIDTH) -> Text:
+def memory_gauge(current: float, peak: float, total: float, width: int = GAUGE_WIDTH,
+                 fit: int = 0) -> Text:
     """A bar of the run's memory against the machine's, filled to what it uses after its last
-    step and shaded to its peak, then "1.2 / 24.0 GB" (and the peak when it is higher)."""
+    step and shaded to its peak, then "1.2 / 24.0 GB" and the peak when it is higher (unless
+    that makes the line longer than ``fit`` cells)."""
     current = current or peak           # runs recorded before Step events had memory_gb
     used = min(width, round(width * current / total)) if total else 0
     high = max(used, min(width, round(width * peak / total))) if total else 0
@@ -74,8 +76,9 @@ def memory_gauge(current: float, peak: float, total: float, width: int = GAUGE_W
     out.append("▒" * (high - used), style=style)
     out.append("░" * (width - high), style="dim")
     out.append(f" {size_text(current)} / {total:.1f} GB")
-    if size_text(peak) != size_text(current):
-        out.append(f"  peak {size_text(peak)}", style="dim")
+    more = f"  peak {size_text(peak)}"
+    if size_text(peak) != size_text(current) and not (fit and len(out) + len(more) > fit):
+        out.append(more, style="dim")
     return out
 
 
@@ -190,9 +193,10 @@ class MonitorScreen(Screen):
         if zero.display:
             zero.data = [v for _, v in state.rewards["zero_spread"][-200:]]
         self.query_one("#run-stats", Static).update(self._stats(state))
-        self.query_one("#memory", Static).update(
-            memory_gauge(state.last.memory_gb, state.last.peak_memory_gb, machine_gb())
-            if state.last is not None else Text("memory: no steps yet", style="dim"))
+        gauge = self.query_one("#memory", Static)
+        gauge.update(memory_gauge(state.last.memory_gb, state.last.peak_memory_gb, machine_gb(),
+                                  fit=gauge.size.width) if state.last is not None else
+                     Text("memory: no steps yet", style="dim"))
         self.query_one("#lr", Sparkline).data = state.learning_rates[-200:]
         self.query_one("#run-log", Static).update(self._log(state))
         self.query_one("#samples", Static).update(self._samples(state))
@@ -213,7 +217,7 @@ class MonitorScreen(Screen):
         extra = "".join(f"   {k} {v:.3f}" for k, v in getattr(s, "metrics", {}).items()
                         if isinstance(v, (int, float)))  # objective-specific, e.g. accuracy
         return (f"loss {s.loss:.4f}  val {val}  best {best}{extra}\n"
-                f"lr {s.learning_rate:.2e}  {s.tokens_per_sec:,.0f} tok/s  "
+                f"lr {s.learning_rate:.2e}  {s.tokens_per_sec:,.0f} tok/s\n"
                 f"elapsed {clock(s.elapsed)}")
 
     @staticmethod
