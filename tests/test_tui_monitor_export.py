@@ -272,9 +272,9 @@ def finished_run(work, tmp_path_factory) -> Path:
 
 
 async def _export(run_dir: Path, root: Path, target: str, out: str, answer: str | None = None,
-                  chat: str | None = None):
-    """Write ``target`` to ``out`` from the export screen; ``answer`` the overwrite question
-    (y/n) if one comes; ``chat``: then send this message from the Chat screen."""
+                  chat: str | None = None, verify: bool = False):
+    """Write ``target`` to ``out`` from the export screen (``verify``: ticked); ``answer`` the
+    overwrite question (y/n) if one comes; ``chat``: then send this from the Chat screen."""
     app = MacftApp(root=root)
     async with app.run_test(size=SIZE) as pilot:
         app.open_export(run_dir)
@@ -282,6 +282,8 @@ async def _export(run_dir: Path, root: Path, target: str, out: str, answer: str 
         screen = app.screen
         screen.query_one("#export-target", Select).value = target
         await pilot.pause()
+        if verify:
+            await pilot.click("#export-verify")
         await type_into(pilot, "#export-out", out)
         await pilot.click("#export-write")
         await pilot.pause()
@@ -370,6 +372,36 @@ def test_hf_folder_export_asks_like_the_cli_and_replaces_only_a_fused_folder(fin
     assert main(["export", str(finished_run), "--hf", str(mine), "--force"]) == 2
     assert "not a folder macft fused (no macft.json)" in capsys.readouterr().err
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_verify_checks_the_written_gguf_against_llama_cpp(finished_run, home):
+    pytest.importorskip("llama_cpp", exc_type=ImportError)
+    _, status, _, _ = run(_export(finished_run, home, "gguf", "v.gguf", verify=True))
+    lines = status.splitlines()
+    assert lines[0].startswith("wrote v.gguf (f16, ") and \
+        lines[1] == "verified with llama.cpp (f16 vs MLX):", status
+    assert lines[-1] == "run it: macft chat v.gguf"
+
+
+def test_the_hf_folder_cannot_be_verified(finished_run, home):
+    async def go():
+        app = MacftApp(root=home)
+        async with app.run_test(size=SIZE) as pilot:
+            app.open_export(finished_run)
+            await pilot.pause()
+            screen = app.screen
+            seen = []
+            for target in ("gguf", "hf", "ollama"):
+                screen.query_one("#export-target", Select).value = target
+                await pilot.pause()
+                seen.append((screen.query_one("#export-verify").disabled,
+                             screen.query_one("#export-quant").disabled,
+                             screen.query_one("#export-out").value))
+            return seen
+    run_dir = finished_run
+    assert run(go()) == [(False, False, str(run_dir / "tiny.gguf")),
+                         (True, True, str(run_dir / "fused")),
+                         (False, False, str(run_dir / "ollama"))]
 
 
 def test_chat_answers_with_the_written_gguf_as_macft_chat_does(finished_run, home):

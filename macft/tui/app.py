@@ -288,5 +288,6 @@ class MacftApp(App):
                                 partial(self.open_run, info.path))
             yield SystemCommand(f"Compare: {name}", "Base and tuned answers side by side",
                                 partial(self.open_compare, info.path))
-            yield SystemCommand(f"Export: {name}", "Fuse the adapters into a folder, or write a GGUF",
+            yield SystemCommand(f"Export: {name}", "A GGUF, an Ollama or LM Studio folder, "
+                                "the adapter alone, a Hugging Face folder",
                                 partial(self.open_export, info.path))

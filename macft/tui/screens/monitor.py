@@ -20,7 +20,6 @@ from textual.widgets import Footer, Header, Label, ProgressBar, Sparkline, Stati
 
 from macft import recipe as recipe_mod, runs
 from macft.errors import MacftError
-from macft.events import EVALUATING
 from macft.runs import RunState
 from macft.tui.widgets.loss_chart import LossChart
 
