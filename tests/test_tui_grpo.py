@@ -65,6 +65,10 @@ def test_monitor_charts_the_mean_rewards_of_a_grpo_run(grpo_run):
     steps = _metrics(grpo_run, "Step")
     evals = _metrics(grpo_run, "Eval")
     assert [s["step"] for s in steps] == [1, 2, 3, 4] and len(evals) == 2
+    # Each validation pass reports the prompts it has answered, from none to all 4.
+    passes = [(p["done"], p["total"]) for p in _metrics(grpo_run, "Progress")
+              if p["task"] == ev.EVALUATING]
+    assert passes[0] == (0, 4) and passes.count((4, 4)) == 2 and passes.count((0, 4)) == 2
     shown, train, val, loss_shown, losses, loss_val, stats, log, lines, width, zero = run(
         _open_monitor(grpo_run))
     assert shown and loss_shown and width > 20                   # side by side
