@@ -17,6 +17,7 @@ from test_tui_support import run, text_of
 from macft import events as ev
 from macft.runs import RunState
 from macft.tui.app import MacftApp
+from macft.tui.screens import monitor as monitor_mod
 from macft.tui.widgets.loss_chart import _fmt, chart_lines
 
 
@@ -155,6 +156,7 @@ def test_monitor_grpo_snapshot(tmp_path, monkeypatch, size):
     root.mkdir()
     fake_grpo_run(root)
     monkeypatch.chdir(root)
+    monkeypatch.setattr(monitor_mod, "machine_gb", lambda: 24.0)   # the same on every machine
 
     async def prepare(app, pilot):
         app.open_run(root / "runs" / "grpo")
