@@ -75,6 +75,7 @@ class Step(Event):
     peak_memory_gb: float
     epoch: float
     metrics: dict = field(default_factory=dict)   # objective-specific (rewards, accuracy)
+    memory_gb: float = 0.0     # memory in use after the step (peak_memory_gb: the run's most)
 
 
 @dataclass(frozen=True)
@@ -126,10 +127,15 @@ class Notice(Event):
     text: str
 
 
+# The task of the Progress events of a validation pass: ``done`` of ``total`` batches.
+EVALUATING = "evaluating"
+
+
 @dataclass(frozen=True)
 class Progress(Event):
-    """A long preparation before the first step (e.g. DPO's reference log-probs), so the run
-    does not look hung: ``done`` of ``total`` items."""
+    """A long preparation before the first step (e.g. DPO's reference log-probs) or a
+    validation pass (task ``EVALUATING``), so the run does not look hung: ``done`` of
+    ``total`` items."""
 
     task: str
     done: int
@@ -276,6 +282,9 @@ class ConsoleProgress:
             self._newline(event.line())
         elif isinstance(event, Notice):
             self._newline(event.text)
+        elif isinstance(event, Progress) and event.task == EVALUATING:
+            if self.tty:                  # on the bar's line; the Eval line replaces it
+                self._line(event.line())
         elif isinstance(event, Progress):
             now = time.monotonic()
             if self.tty or event.done == event.total or now - self._last_line_time >= 5.0:

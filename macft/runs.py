@@ -260,6 +260,7 @@ def adapter_dir(run_dir: str | Path) -> Path:
 
 
 # ----- history (the TUI's monitor and run list) -----------------------------------------------
+KEPT_SAMPLES = 20        # the monitor lists a run's newest samples (scrollable)
 
 
 def trainer_alive(run_dir: str | Path):
@@ -307,6 +308,7 @@ class RunState:
     reason: str = ""             # the Finished event's: completed, stopped, early_stopping
     elapsed: float | None = None  # training seconds so far (the last Step's or Finished's)
     live: bool = False           # trained by this process right now
+    phase: ev.Progress | None = None   # a validation pass or a set-up under way, else None
 
     @classmethod
     def from_folder(cls, run_dir: str | Path, rows: list[dict] | None = None) -> "RunState":
@@ -332,7 +334,7 @@ class RunState:
         self.rewards = {k: [p for p in v if p[0] <= e.start_step]
                         for k, v in self.rewards.items()}
         self.eval_rewards = [p for p in self.eval_rewards if p[0] <= e.start_step]
-        self.status, self.error, self.reason = "running", "", ""
+        self.status, self.error, self.reason, self.phase = "running", "", "", None
         verb = f"resumed at step {e.start_step}" if e.start_step else "started"
         self._log(f"{verb}: {e.method} on {e.model} ({e.device}, {e.dtype}), "
                   f"{e.trainable_params:,} trainable of {e.total_params:,} parameters")
@@ -343,8 +345,11 @@ class RunState:
     def _on_Notice(self, e: ev.Notice) -> None:
         self._log(e.text)
 
+    def _on_Progress(self, e: ev.Progress) -> None:
+        self.phase = e
+
     def _on_Step(self, e: ev.Step) -> None:
-        self.last, self.step, self.total_steps = e, e.step, e.total_steps
+        self.last, self.step, self.total_steps, self.phase = e, e.step, e.total_steps, None
         self.elapsed = e.elapsed
         self.losses.append((e.step, e.loss))
         self.learning_rates.append(e.learning_rate)
@@ -355,6 +360,7 @@ class RunState:
                     self.rewards.setdefault(k, []).append((e.step, float(v)))
 
     def _on_Eval(self, e: ev.Eval) -> None:
+        self.phase = None
         self.evals.append((e.step, e.val_loss))
         self.best_val = e.best_val_loss
         best = " (best)" if e.improved else ""
@@ -368,7 +374,7 @@ class RunState:
         self._log(f"step {e.step}: val loss {e.val_loss:.4f}{best}")
 
     def _on_Sample(self, e: ev.Sample) -> None:
-        self.samples = (self.samples + [e])[-6:]
+        self.samples = (self.samples + [e])[-KEPT_SAMPLES:]
 
     def _on_Checkpoint(self, e: ev.Checkpoint) -> None:
         self.checkpoints.append(e)
@@ -376,14 +382,14 @@ class RunState:
         self._log(f"step {e.step}: {what}")
 
     def _on_Finished(self, e: ev.Finished) -> None:
-        self.step, self.reason, self.elapsed = e.step, e.reason, e.elapsed
+        self.step, self.reason, self.elapsed, self.phase = e.step, e.reason, e.elapsed, None
         self.status = "stopped" if e.reason == "stopped" else "finished"
         if e.best_val_loss is not None:
             self.best_val = e.best_val_loss
         self._log(f"{e.reason} at step {e.step}")
 
     def _on_Failed(self, e: ev.Failed) -> None:
-        self.status, self.error = "failed", e.error
+        self.status, self.error, self.phase = "failed", e.error, None
         self._log(f"failed at step {e.step}: {e.error}")
 
     def _log(self, line: str) -> None:

@@ -72,7 +72,10 @@ wait_for() {  # wait_for PATTERN SECONDS
     done
 }
 
-step_of() { screen | grep -o 'step [0-9]*/[0-9]*' | head -1 | grep -o '[0-9]*' | head -1; }
+# The status line: "training 12/300" while running, "step 12/300" once stopped (and neither
+# while it evaluates: "evaluating 2/4").
+step_of() { screen | grep -o '\(step\|training\) [0-9]*/[0-9]*' | head -1 | grep -o '[0-9]*' |
+            head -1; }
 chart_of() { screen | sed -n '/loss .*train/,/└step 1/p'; }
 
 wait_for "Recipes" 60
@@ -80,7 +83,7 @@ wait_for "$RUN" 10
 $T send-keys -t tui Enter            # the first recipe: the project's own come first
 wait_for "save as" 20
 $T send-keys -t tui C-r              # start the run
-wait_for "running   step [1-9]" $((WAIT + 30))
+wait_for "running   training [1-9]" $((WAIT + 30))
 
 first_step=$(step_of); first_chart=$(chart_of)
 deadline=$((SECONDS + WAIT))

@@ -391,8 +391,10 @@ async def _export(run_dir: Path, root: Path, out: Path) -> str:
         await pilot.pause()
         screen = app.screen
         assert isinstance(screen, ExportScreen)
+        screen.query_one("#export-target", Select).value = "hf"
+        await pilot.pause()
         await type_into(pilot, "#export-out", str(out))
-        await pilot.click("#fuse")
+        await pilot.click("#export-write")
         return await wait_for(pilot, lambda: (t := text_of(screen.query_one(
             "#export-status"))).startswith("fused ") and t, what="the fused folder")
 
@@ -405,9 +407,11 @@ async def _export_gguf(run_dir: Path, root: Path, out: Path, quant: str) -> str:
         app.open_export(run_dir)
         await pilot.pause()
         screen = app.screen
-        await type_into(pilot, "#gguf-out", str(out))
-        screen.query_one("#gguf-quant", Select).value = quant
-        await pilot.click("#gguf")
+        screen.query_one("#export-target", Select).value = "gguf"
+        await pilot.pause()
+        await type_into(pilot, "#export-out", str(out))
+        screen.query_one("#export-quant", Select).value = quant
+        await pilot.click("#export-write")
         return await wait_for(pilot, lambda: (t := text_of(screen.query_one(
             "#export-status"))).startswith("wrote ") and "macft chat" in t and t,
             what="the GGUF file")

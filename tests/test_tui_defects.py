@@ -244,8 +244,8 @@ async def _export_asks(root: Path, run_dir: Path, out: Path) -> list:
     async with app.run_test(size=SIZE) as pilot:
         app.open_export(run_dir)
         await pilot.pause()
-        await type_into(pilot, "#gguf-out", str(out))
-        await pilot.click("#gguf")
+        await type_into(pilot, "#export-out", str(out))   # the first target: a GGUF file
+        await pilot.click("#export-write")
         await pilot.pause()
         seen.append(type(app.screen).__name__)
         await pilot.press("n")

@@ -17,6 +17,7 @@ from test_tui_support import run, text_of
 from macft import events as ev
 from macft.runs import RunState
 from macft.tui.app import MacftApp
+from macft.tui.screens import monitor as monitor_mod
 from macft.tui.widgets.loss_chart import _fmt, chart_lines
 
 
@@ -65,6 +66,10 @@ def test_monitor_charts_the_mean_rewards_of_a_grpo_run(grpo_run):
     steps = _metrics(grpo_run, "Step")
     evals = _metrics(grpo_run, "Eval")
     assert [s["step"] for s in steps] == [1, 2, 3, 4] and len(evals) == 2
+    # Each validation pass reports the prompts it has answered, from none to all 4.
+    passes = [(p["done"], p["total"]) for p in _metrics(grpo_run, "Progress")
+              if p["task"] == ev.EVALUATING]
+    assert passes[0] == (0, 4) and passes.count((4, 4)) == 2 and passes.count((0, 4)) == 2
     shown, train, val, loss_shown, losses, loss_val, stats, log, lines, width, zero = run(
         _open_monitor(grpo_run))
     assert shown and loss_shown and width > 20                   # side by side
@@ -151,6 +156,7 @@ def test_monitor_grpo_snapshot(tmp_path, monkeypatch, size):
     root.mkdir()
     fake_grpo_run(root)
     monkeypatch.chdir(root)
+    monkeypatch.setattr(monitor_mod, "machine_gb", lambda: 24.0)   # the same on every machine
 
     async def prepare(app, pilot):
         app.open_run(root / "runs" / "grpo")

@@ -96,6 +96,8 @@ def project(tmp_path, monkeypatch, tiny_model_dir) -> Path:
     fake_run(root, "demo", 40, 40, "completed", 2_000_000_000)
     fake_run(root, "early", 12, 60, "stopped", 1_900_000_000)
     monkeypatch.chdir(root)
+    # The monitor's memory gauge reads the machine's memory: the same on every machine here.
+    monkeypatch.setattr("macft.tui.screens.monitor.machine_gb", lambda: 24.0)
     return root
 
 

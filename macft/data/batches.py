@@ -78,6 +78,10 @@ class Batcher:
         """The batch of the ``rows`` longest sequences (the worst case a run can meet)."""
         return self.collate(sorted(self.sequences, key=lambda s: len(s.ids))[-rows:])
 
+    def eval_count(self) -> int:
+        """The number of batches ``iter_eval`` yields."""
+        return -(-len(self.sequences) // self.batch_size)
+
     def iter_eval(self):
         """Every sequence once, in the given order, the partial last batch included."""
         for start in range(0, len(self.sequences), self.batch_size):

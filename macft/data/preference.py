@@ -231,6 +231,10 @@ class PairBatcher:
         lengths = [max(len(seqs[i].ids), len(seqs[self.n + i].ids)) for i in range(self.n)]
         return self._collate(np.argsort(lengths, kind="stable")[-rows:])
 
+    def eval_count(self) -> int:
+        """The number of batches ``iter_eval`` yields."""
+        return -(-self.n // self.batch_size)
+
     def iter_eval(self):
         for start in range(0, self.n, self.batch_size):
             yield self._collate(np.arange(start, min(start + self.batch_size, self.n)))

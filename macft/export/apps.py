@@ -14,11 +14,15 @@ def model_name(name: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.") or "macft"
 
 
+def ollama_outputs(name: str, quant: str, folder: Path) -> list[Path]:
+    return [folder / f"{model_name(name)}.gguf", folder / "Modelfile"]
+
+
 def ollama(tokenizer, name: str, quant: str, folder: Path, force: bool):
     from macft.export.pipeline import refuse_overwrite
 
+    gguf, modelfile = ollama_outputs(name, quant, folder)
     name = model_name(name)
-    gguf, modelfile = folder / f"{name}.gguf", folder / "Modelfile"
     refuse_overwrite([gguf, modelfile], force)
     spec = ollama_mod.modelfile(tokenizer, gguf.name)   # before the slow part: may refuse
 
@@ -32,12 +36,17 @@ def ollama(tokenizer, name: str, quant: str, folder: Path, force: bool):
     return str(gguf), finish
 
 
-def lmstudio(tokenizer, name: str, quant: str, folder: Path, force: bool):
+def lmstudio_outputs(name: str, quant: str, folder: Path) -> list[Path]:
     """LM Studio lists models as publisher/model/file.gguf under its models folder."""
+    name = model_name(name)
+    return [folder / "macft" / name / f"{name}-{quant}.gguf"]
+
+
+def lmstudio(tokenizer, name: str, quant: str, folder: Path, force: bool):
     from macft.export.pipeline import refuse_overwrite
 
+    [gguf] = lmstudio_outputs(name, quant, folder)
     name = model_name(name)
-    gguf = folder / "macft" / name / f"{name}-{quant}.gguf"
     refuse_overwrite([gguf], force)
     gguf.parent.mkdir(parents=True, exist_ok=True)
 

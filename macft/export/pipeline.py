@@ -8,17 +8,46 @@ from pathlib import Path
 from macft.errors import MacftError
 
 
-def _name(target: str, loaded) -> str:
+def _name(target: str) -> str:
     path = Path(target)
     return path.stem if path.suffix == ".gguf" else path.name or "macft"
 
 
+def occupied(path: str | Path) -> bool:
+    """A file that exists, or a folder with something in it (an empty one is simply used)."""
+    p = Path(path)
+    return any(p.iterdir()) if p.is_dir() else p.exists()
+
+
 def refuse_overwrite(paths, force: bool) -> None:
-    """One line naming the first file that exists, unless ``force``: export never overwrites
-    a file the person did not say it may."""
+    """One line naming the first file or folder that exists, unless ``force``: export never
+    overwrites what the person did not say it may."""
     for path in paths:
-        if path and Path(path).exists() and not force:
+        if path and occupied(path) and not force:
             raise MacftError(f"{path}: exists; pass --force to overwrite it")
+
+
+def outputs(target: str, gguf: str | None = None, adapter_gguf: str | None = None,
+            hf: str | None = None, to: tuple[str, str] | None = None,
+            quant: str = "f16") -> list[Path]:
+    """Every file or folder ``export`` with these arguments writes (the TUI asks before
+    overwriting them, the CLI wants --force), known before anything is loaded."""
+    from macft.export.targets import APPS
+
+    out = [Path(p) for p in (hf, adapter_gguf, gguf) if p]
+    if to and to[0] in APPS:
+        out += APPS[to[0]].outputs(_name(target), quant, Path(to[1]))
+    return out
+
+
+def written_gguf(target: str, gguf: str | None = None, to: tuple[str, str] | None = None,
+                 quant: str = "f16") -> Path | None:
+    """The fused model's GGUF these arguments write (what `macft chat` opens), if any."""
+    from macft.export.targets import APPS
+
+    if to and to[0] in APPS:
+        return APPS[to[0]].outputs(_name(target), quant, Path(to[1]))[0]
+    return Path(gguf) if gguf else None
 
 
 def export(target: str, gguf: str | None = None, quant: str = "f16",
@@ -41,13 +70,13 @@ def export(target: str, gguf: str | None = None, quant: str = "f16",
         raise MacftError(f"export: unknown --to '{to[0]}' (choose from {', '.join(APPS)})")
     if to and gguf:
         raise MacftError("export: give --gguf or --to, not both")
-    refuse_overwrite([gguf, adapter_gguf], force)
     if quant not in QUANTS:
         raise MacftError(f"unknown --quant '{quant}' (choose from {', '.join(QUANTS)})")
     if hf and not is_run_dir(target):
         raise MacftError(f"{target}: --hf needs a run folder (with recipe.yaml)")
     if adapter_gguf and not is_run_dir(target):
         raise MacftError(f"{target}: --gguf-adapter needs a run folder (with recipe.yaml)")
+    refuse_overwrite(outputs(target, gguf, adapter_gguf, hf, to, quant), force)
     text = None
     if verify:
         from macft.export import llamacpp
@@ -60,13 +89,13 @@ def export(target: str, gguf: str | None = None, quant: str = "f16",
             except OSError as exc:
                 raise MacftError(f"{verify_text}: cannot read ({exc.strerror})") from None
     if hf:
-        n, folder = fuse_to_folder(target, hf)
+        n, folder = fuse_to_folder(target, hf, force)
         say(f"fused {n} adapter layers into {folder}")
         if not gguf and not adapter_gguf and not to:
             return 0
     loaded, _ = load_for_inference(target)
     finite.check(loaded.model.parameters(), target)       # never write a NaN GGUF
-    name = _name(target, loaded)
+    name = _name(target)
     base_gguf = loaded.source if loaded.kind == "gguf" else None
     finish = None
     if to:

@@ -10,6 +10,8 @@ from mlx.utils import tree_unflatten
 
 from macft.errors import MacftError
 
+FUSED_MARK = "macft.json"      # in every folder save_folder wrote
+
 
 def fuse_in_place(model: nn.Module, dequantize: bool = False) -> int:
     """Replace every LoRA/DoRA layer by its fused linear; return how many were fused.
@@ -41,15 +43,21 @@ def _quantization_config(model: nn.Module) -> dict | None:
     return config
 
 
-def save_folder(model: nn.Module, tokenizer, config: dict, out: Path) -> Path:
+def save_folder(model: nn.Module, tokenizer, config: dict, out: Path,
+                force: bool = False) -> Path:
     """Write the fused model as a Hugging Face folder. It is written into a temporary folder
     beside ``out`` and renamed when complete, so a failure (a full disk) leaves no half model
-    under the final name and the same command can simply be run again."""
+    under the final name and the same command can simply be run again. ``force`` replaces a
+    folder macft fused before (one with its ``macft.json``), never any other."""
     from macft import runs
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
-        raise MacftError(f"{out}: output folder exists and is not empty")
+        if not force:
+            raise MacftError(f"{out}: output folder exists and is not empty")
+        if not (out / FUSED_MARK).is_file():
+            raise MacftError(f"{out}: not a folder macft fused (no {FUSED_MARK}); not "
+                             "replacing it, choose another folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     config = dict(config)
     config.pop("quantization_config", None)
@@ -71,4 +79,4 @@ def _write_folder(model: nn.Module, tokenizer, config: dict, folder: Path) -> No
     save_config(config, folder / "config.json")
     tok = getattr(tokenizer, "_tokenizer", tokenizer)
     tok.save_pretrained(str(folder))
-    (folder / "macft.json").write_text(json.dumps({"fused_from": "macft"}, indent=2))
+    (folder / FUSED_MARK).write_text(json.dumps({"fused_from": "macft"}, indent=2))

@@ -128,16 +128,27 @@ class EvalShare:
     pair is computed by exactly one rank; the others leave zeros there for the sum.
     """
 
-    def __init__(self, batcher, w: World, limit: int = 0):
+    def __init__(self, batcher, w: World, limit: int = 0, progress=None):
         self.batcher, self.world, self.limit = batcher, w, limit
         self.n = getattr(batcher, "n", None)
+        self.progress = progress      # progress(done, total) over all ranks' batches, or None
+
+    def count(self) -> int:
+        """Batches in the pass (every rank's): the batcher's, at most ``limit``."""
+        n = self.batcher.eval_count()
+        return min(n, self.limit) if self.limit else n
 
     def iter_eval(self):
+        total = self.count() if self.progress else 0
+        if self.progress:
+            self.progress(0, total)
         for i, b in enumerate(self.batcher.iter_eval()):
             if self.limit and i >= self.limit:
                 return
             if self.world.mine(i):
                 yield b
+            if self.progress:
+                self.progress(i + 1, total)
 
 
 def _launched() -> bool:

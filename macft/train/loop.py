@@ -62,6 +62,15 @@ def total_steps(recipe: Recipe, batches_per_epoch: int) -> int:
     return max(1, math.ceil(t.epochs * batches_per_epoch / t.grad_accum))
 
 
+def evals_left(step: int, total: int, every: int) -> int:
+    """Validation passes from ``step`` on (the one at ``step`` itself included: the Step event
+    is sent before it): every ``every`` steps and at the last."""
+    if step > total:
+        return 0
+    periodic = total // every - (step - 1) // every if every else 0
+    return periodic + (0 if every and total % every == 0 else 1)
+
+
 def _check_resume(run_dir: Path, recipe: Recipe, allow: bool) -> bool:
     """A resume must match what the run started with (``train.resume``); a folder written
     before runs recorded that is compared with its recipe.yaml. True: the record is renewed."""
@@ -115,6 +124,7 @@ class Trainer:
         self.allow_changes = allow_changes  # resume despite a changed recipe or data
         self.nonfinite = 0                  # non-finite steps in a row (skipped updates)
         self.experts: moe.ExpertFreeze | None = None
+        self.eval_seconds = 0.0             # the last validation pass took (for the ETA)
 
     def emit(self, event) -> None:
         if not self.world.main:         # one display, one metrics file: rank 0's
@@ -395,19 +405,23 @@ class Trainer:
                                                              1e-9)
                 elapsed = self.elapsed_before + time.monotonic() - start
                 per_step = sum(d for d, _ in tokens_window) / len(tokens_window)
+                eta = per_step * (self.total - self.step) + self.eval_seconds * evals_left(
+                    self.step, self.total, r.eval_every)
                 self.emit(Step(
                     step=self.step, total_steps=self.total, loss=loss,
                     learning_rate=float(self.optimizer.learning_rate.item()), tokens=tokens,
-                    tokens_per_sec=tps, elapsed=elapsed, eta=per_step * (self.total - self.step),
+                    tokens_per_sec=tps, elapsed=elapsed, eta=eta,
                     peak_memory_gb=mx.get_peak_memory() / 1e9,
                     epoch=self.step * r.grad_accum / self.data.train.batches_per_epoch,
-                    metrics=self.step_metrics))
+                    metrics=self.step_metrics, memory_gb=mx.get_active_memory() / 1e9))
                 for event in self.objective.drain_events():
                     self.emit(event)
                 last = self.step == self.total
                 stop_early = False
                 if (r.eval_every and self.step % r.eval_every == 0) or last:
+                    t_eval = time.monotonic()
                     stop_early = self.evaluate()
+                    self.eval_seconds = time.monotonic() - t_eval
                 if r.sample_every and (self.step % r.sample_every == 0 or last):
                     self.samples()
                 # In a run of non-finite steps the periodic save waits, so it never prunes a

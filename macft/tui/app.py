@@ -42,6 +42,7 @@ class MacftApp(App):
     TITLE = "macft"
     SUB_TITLE = "local fine-tuning"
     BINDINGS = [Binding("q", "quit", "Quit"),
+                Binding("question_mark", "help", "Help", key_display="?"),
                 Binding("ctrl+p", "command_palette", "Commands", show=False)]
 
     def __init__(self, root: str | Path | None = None, target: str | None = None,
@@ -262,8 +263,10 @@ class MacftApp(App):
         state = self.states.get(live.key)
         if state is None:
             return
+        before = state.status
         for event in events:
             state.apply(event)
+        self.announce(state, before)
         if live.trainer.ended:
             state.live, self.live = False, None
             self._stop_polling()
@@ -275,6 +278,19 @@ class MacftApp(App):
             state.status = "paused"
         if events or not state.live:
             self.redraw(state)
+
+    def announce(self, state: RunState, before: str | None) -> None:
+        """A bell and a notification when a run has just finished or failed (``before``: its
+        status before the events just applied), wherever the app is: once per ending."""
+        if state.status == before or state.status not in ("finished", "failed"):
+            return
+        self.bell()
+        name = self.show_path(state.run_dir)
+        if state.status == "failed":
+            self.notify(f"{name} failed: {state.error}", severity="error", timeout=10)
+            return
+        best = f", best val loss {state.best_val:.4f}" if state.best_val is not None else ""
+        self.notify(f"{name} finished at step {state.step}{best}", timeout=10)
 
     def _stop_polling(self) -> None:
         if self._poller is not None:
@@ -310,6 +326,12 @@ class MacftApp(App):
             live.trainer.stop()
             self._quit_when_stopped = True
 
+    def action_help(self) -> None:
+        from macft.tui.screens.help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.screen))
+
     # ----- command palette ------------------------------------------------------------------
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
@@ -327,5 +349,6 @@ class MacftApp(App):
                                 partial(self.open_run, info.path))
             yield SystemCommand(f"Compare: {name}", "Base and tuned answers side by side",
                                 partial(self.open_compare, info.path))
-            yield SystemCommand(f"Export: {name}", "Fuse the adapters into a folder, or write a GGUF",
+            yield SystemCommand(f"Export: {name}", "A GGUF, an Ollama or LM Studio folder, "
+                                "the adapter alone, a Hugging Face folder",
                                 partial(self.open_export, info.path))

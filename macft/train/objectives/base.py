@@ -8,11 +8,17 @@ metrics and gradients are computed from them, and how validation is measured.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from macft.errors import MacftError
+from macft.events import EVALUATING, Progress
 from macft.recipe import Recipe
+
+# A validation pass reports its batches at most this often (and always its first and last):
+# often enough for the TUI, which reads the events every 0.25 s, not a line per batch.
+EVAL_PROGRESS_SECONDS = 0.5
 
 
 @dataclass
@@ -82,6 +88,25 @@ class Objective:
     def validate(self) -> tuple[float, dict] | None:
         """(validation loss, metrics) over the validation split; None without one."""
         raise NotImplementedError
+
+    def eval_share(self, batcher):
+        """This rank's batches of a validation pass over ``batcher`` (``train.eval_batches`` of
+        them); the pass is reported to the loop as ``Progress(EVALUATING, done, total)``."""
+        from macft.train import distributed
+
+        return distributed.EvalShare(batcher, self.world, self.recipe.train.eval_batches,
+                                     progress=self._eval_progress())
+
+    def _eval_progress(self):
+        last = float("-inf")
+
+        def report(done: int, total: int) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if done in (0, total) or now - last >= EVAL_PROGRESS_SECONDS:
+                last = now
+                self.emit(Progress(EVALUATING, done, total))
+        return report
 
 
 def _ignore(event) -> None:

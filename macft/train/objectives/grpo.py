@@ -459,8 +459,10 @@ class Grpo(Objective):
         prompts = self.valid_prompts
         if self.recipe.train.eval_batches:
             prompts = prompts[:self.recipe.train.eval_batches * self.recipe.eval.batch_size]
+        report = self._eval_progress()       # in prompts answered: "evaluating 8/16"
+        report(0, len(prompts))
         result, *_ = score_greedy(self.model, self.tokenizer, prompts, self.rewards,
-                                  self.spec.max_new_tokens, self.recipe.eval.batch_size)
+                                  self.spec.max_new_tokens, self.recipe.eval.batch_size, report)
         return -result["reward"], result
 
 
@@ -470,12 +472,13 @@ def accuracy_of(scores: np.ndarray, bests) -> np.ndarray:
     return (scores >= np.asarray(bests, dtype=np.float64) - 1e-9).all(axis=1)
 
 
-def score_greedy(model, tokenizer, prompts, rewards, max_tokens: int, batch_size: int):
+def score_greedy(model, tokenizer, prompts, rewards, max_tokens: int, batch_size: int,
+                 progress=None):
     """Greedy answers to ``prompts`` scored: ({reward, accuracy, reward_<name>}, texts,
-    (N, R) scores, solved per prompt)."""
+    (N, R) scores, solved per prompt); ``progress(done, total)`` after each batch of them."""
     from macft.generation import greedy
 
-    texts = greedy(model, tokenizer, [p.ids for p in prompts], max_tokens, batch_size)
+    texts = greedy(model, tokenizer, [p.ids for p in prompts], max_tokens, batch_size, progress)
     scores = score(rewards, texts, [p.row for p in prompts])
     weights = np.asarray([float(r.weight) for r in rewards])
     solved = accuracy_of(scores, [best_score(r) for r in rewards])

@@ -289,7 +289,7 @@ class Preference(Objective):
         totals: dict = {}
         n = 0
         try:
-            share = distributed.EvalShare(valid, self.world, self.recipe.train.eval_batches)
+            share = self.eval_share(valid)
             for pb in share.iter_eval():
                 loss, m = self._valid_pair_loss(pb)
                 for k, v in {"loss": loss, **m}.items():

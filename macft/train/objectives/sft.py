@@ -11,7 +11,6 @@ from mlx.utils import tree_map
 
 from macft.errors import MacftError
 from macft.models import hybrid, moe, patch
-from macft.train import distributed
 from macft.train.loss import mean_loss, sft_loss, trained_positions, weighted_sft_loss
 from macft.train.objectives.base import DataBundle, Objective, StepResult
 
@@ -171,7 +170,7 @@ class Sft(Objective):
         """Mean token loss over (``train.eval_batches`` batches of) the validation split."""
         if self.data.valid is None:
             return None
-        share = distributed.EvalShare(self.data.valid, self.world, self.recipe.train.eval_batches)
+        share = self.eval_share(self.data.valid)
         count = 0
 
         def counted():

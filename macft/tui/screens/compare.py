@@ -17,6 +17,9 @@ from macft.tui.bridge import StatusLine
 
 
 class CompareScreen(Screen):
+    HELP = ("One prompt answered by the base model and by the tuned run, side by side, greedy "
+            "(at most eval.max_tokens tokens). Type a prompt and press Enter; below, the last "
+            "`macft compare` report saved in the run folder, if any.")
     BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
 
     class Answer(Message):

@@ -17,6 +17,9 @@ class ChoiceScreen(ModalScreen[Any]):
     """``choices``: (key, label, value); pressing the key or the button dismisses with value.
     The last choice is focused first (the harmless one: "No", "Cancel")."""
 
+    HELP = ("A question before something that cannot be undone: press the key shown on a "
+            "button (or click it); Esc gives the harmless answer.")
+
     def __init__(self, question: str, choices: list[tuple[str, str, Any]]):
         super().__init__()
         self.question, self.choices = question, choices

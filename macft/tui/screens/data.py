@@ -45,6 +45,10 @@ def legend() -> Text:
 
 
 class DataScreen(Screen):
+    HELP = ("The recipe's data as training will see it, before a run starts: each row through "
+            "the model's chat template token by token, the tokens the loss is trained on "
+            "highlighted, masked ones dimmed, those past data.max_length struck out; lengths "
+            "and the rows that would be cut or rejected.")
     BINDINGS = [
         Binding("v", "switch_split", "Train/valid"),
         Binding("escape", "app.pop_screen", "Back"),

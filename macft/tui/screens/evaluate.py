@@ -46,6 +46,10 @@ def change(base_exact: bool, tuned_exact: bool) -> Text:
 
 
 class EvaluateScreen(Screen):
+    HELP = ("The base model and the tuned run scored on the recipe's test split (data.test) "
+            "with the code of `macft eval`: exact match, valid JSON and the task metrics, then "
+            "every example's base, tuned and expected answers, green where equal to the "
+            "expected one. The score is kept in the run folder and shown in Home's run list.")
     BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
 
     class Status(StatusLine):

@@ -1,18 +1,20 @@
 """Run monitor: live (or recorded) loss chart, the reward chart of a GRPO run, learning rate,
-speed, ETA, memory and samples.
+speed, the phase (training or evaluating) and its ETA, memory against the machine's, samples.
 
 Keys: p pause/resume, s stop (the loop writes a checkpoint), c checkpoint now, r resume a
-stopped run to the end. A run trained by another process is followed through metrics.jsonl.
+stopped run to the end, m smooth the loss. A run trained by another process is followed
+through metrics.jsonl.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Label, ProgressBar, Sparkline, Static
 
@@ -26,13 +28,65 @@ STATUS_STYLE = {"running": "bold green", "starting": "green", "paused": "bold ye
                 "failed": "bold red", "interrupted": "magenta", "new": "dim"}
 
 
+TRAINING = ("starting", "running", "paused", "stopping")   # a trainer is at work
+GAUGE_WIDTH = 10
+
+
 def clock(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     h, rem = divmod(seconds, 3600)
     return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60:02d}:{rem % 60:02d}"
 
 
+def phase_line(state: RunState) -> str:
+    """What the trainer does now: "training 120/400", "evaluating 2/4", "reference log-probs
+    30/128"; "step 120/400" while paused or once no trainer works on it."""
+    if state.status in TRAINING and state.phase is not None:
+        return state.phase.line()
+    verb = "training" if state.status == "running" and state.step else "step"
+    return f"{verb} {state.step}/{state.total_steps}"
+
+
+@functools.cache
+def machine_gb() -> float:
+    """The machine's memory (what MLX may use, on a Mac) in GB; read once."""
+    from macft.plan import machine_memory
+
+    return machine_memory() / 1e9
+
+
+def size_text(gb: float) -> str:
+    """GB with one decimal; under 1 GB in MB (a tiny model's 0.01 GB is not "0.0")."""
+    return f"{gb:.1f}" if gb >= 1 else f"{gb * 1000:.0f} MB"
+
+
+def memory_gauge(current: float, peak: float, total: float, width: int = GAUGE_WIDTH,
+                 fit: int = 0) -> Text:
+    """A bar of the run's memory against the machine's, filled to what it uses after its last
+    step and shaded to its peak, then "1.2 / 24.0 GB" and the peak when it is higher (unless
+    that makes the line longer than ``fit`` cells)."""
+    current = current or peak           # runs recorded before Step events had memory_gb
+    used = min(width, round(width * current / total)) if total else 0
+    high = max(used, min(width, round(width * peak / total))) if total else 0
+    share = peak / total if total else 0.0
+    style = "red" if share > 0.9 else "yellow" if share > 0.75 else "green"
+    out = Text("memory ", style="bold")
+    out.append("█" * used, style=style)
+    out.append("▒" * (high - used), style=style)
+    out.append("░" * (width - high), style="dim")
+    out.append(f" {size_text(current)} / {total:.1f} GB")
+    more = f"  peak {size_text(peak)}"
+    if size_text(peak) != size_text(current) and not (fit and len(out) + len(more) > fit):
+        out.append(more, style="dim")
+    return out
+
+
 class MonitorScreen(Screen):
+    HELP = ("Follows one training run: the loss (bars) and validation loss (the line), what the "
+            "trainer does now and when it should be done, memory against this machine's, the "
+            "last events and the model's answers to the sample prompts (newest first; Tab "
+            "there and scroll). A run keeps training when you leave this screen or quit; "
+            "reopen it from Home.")
     BINDINGS = [
         Binding("p", "pause", "Pause"),
         Binding("s", "stop", "Stop"),
@@ -40,6 +94,7 @@ class MonitorScreen(Screen):
         Binding("r", "resume", "Resume"),
         Binding("t", "compare", "Compare"),
         Binding("e", "export", "Export"),
+        Binding("m", "smooth", "Smooth", show=False),        # 80 columns
         Binding("v", "evaluate", "Evaluate", show=False),   # a finished run; 80 columns
         Binding("escape", "app.pop_screen", "Back"),
     ]
@@ -64,29 +119,40 @@ class MonitorScreen(Screen):
         with Horizontal(id="lower"):
             with Vertical(id="numbers"):
                 yield Static("", id="run-stats")
+                yield Static("", id="memory")
                 yield Label("learning rate", classes="small-title")
                 yield Sparkline([], id="lr")
                 yield Label("zero-spread share", id="zs-title",
                             classes="small-title")        # these two: GRPO runs only
                 yield Sparkline([], id="zero-spread")
             yield Static("", id="run-log")
-        yield Static("", id="samples")
+        with VerticalScroll(id="samples-box"):
+            yield Static("", id="samples")
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#chart").border_title = "loss  [#5fafd7]█ train[/]  [#ffaf00]● val[/]"
+        self._title_chart()
         self.query_one("#reward-chart").border_title = \
             "reward  [#5fafd7]█ mean total[/]  [#ffaf00]● val[/]"
         self.query_one("#run-log").border_title = "events"
-        self.query_one("#samples").border_title = "latest samples (newest first)"
+        self.query_one("#samples-box").border_title = "samples (newest first)"
         self.show_state(self.app.state_for(self.run_dir))
         if self.state.status == "running" and not self.state.live and \
                 not self.app.attach(self.run_dir):
             self._follow = self.set_interval(1.0, self._reload)  # followed, not steered
 
+    def _title_chart(self) -> None:
+        smooth = self.query_one("#chart", LossChart).smooth
+        train = "[#5fafd7]━ train (average)[/] [#2f4f5f]█ raw[/]" if smooth else \
+            "[#5fafd7]█ train[/]"
+        val = "" if self.state is not None and self.state.rewards else "  [#ffaf00]●· val[/]"
+        self.query_one("#chart").border_title = f"loss  {train}{val}"
+
     def _reload(self) -> None:
+        before = self.state.status if self.state is not None else None
         state = self.app.state_for(self.run_dir)
         self.show_state(state)
+        self.app.announce(state, before)
         if state.status != "running" and self._follow is not None:
             self._follow.stop()
 
@@ -101,11 +167,11 @@ class MonitorScreen(Screen):
         self.query_one("#run-title", Static).update(Text(title, style="bold"))
         total = state.total_steps or None
         status = Text(f"● {state.status}", style=STATUS_STYLE.get(state.status, ""))
-        status.append(f"   step {state.step}/{state.total_steps}")
+        status.append(f"   {phase_line(state)}")
         if state.last is not None:
-            status.append(f"   epoch {state.last.epoch:.2f}")
-            if state.status != "finished":   # on the first line, so 80 columns still show it
+            if state.status != "finished":   # before the epoch, so 80 columns still show it
                 status.append(f"   ETA {clock(state.last.eta)}")
+            status.append(f"   epoch {state.last.epoch:.2f}")
         self.query_one("#run-status", Static).update(status)
         # An unknown total draws ProgressBar's animated stripes: only while a run is starting.
         if total is None and state.status not in ("starting", "running"):
@@ -115,7 +181,7 @@ class MonitorScreen(Screen):
         rewards = self.query_one("#reward-chart", LossChart)
         rewards.display = bool(state.rewards)
         if state.rewards:   # GRPO: its val "loss" is minus the val reward, drawn beside
-            chart.border_title = "loss  [#5fafd7]█ train[/]"
+            self._title_chart()
             chart.update_points(state.losses, [], state.total_steps)
             rewards.update_points(state.rewards.get("reward", []), state.eval_rewards,
                                   state.total_steps)
@@ -126,6 +192,10 @@ class MonitorScreen(Screen):
         if zero.display:
             zero.data = [v for _, v in state.rewards["zero_spread"][-200:]]
         self.query_one("#run-stats", Static).update(self._stats(state))
+        gauge = self.query_one("#memory", Static)
+        gauge.update(memory_gauge(state.last.memory_gb, state.last.peak_memory_gb, machine_gb(),
+                                  fit=gauge.size.width) if state.last is not None else
+                     Text("memory: no steps yet", style="dim"))
         self.query_one("#lr", Sparkline).data = state.learning_rates[-200:]
         self.query_one("#run-log", Static).update(self._log(state))
         self.query_one("#samples", Static).update(self._samples(state))
@@ -146,8 +216,7 @@ class MonitorScreen(Screen):
         extra = "".join(f"   {k} {v:.3f}" for k, v in getattr(s, "metrics", {}).items()
                         if isinstance(v, (int, float)))  # objective-specific, e.g. accuracy
         return (f"loss {s.loss:.4f}  val {val}  best {best}{extra}\n"
-                f"lr {s.learning_rate:.2e}  {s.tokens_per_sec:,.0f} tok/s  "
-                f"mem {s.peak_memory_gb:.2f} GB\n"
+                f"lr {s.learning_rate:.2e}  {s.tokens_per_sec:,.0f} tok/s\n"
                 f"elapsed {clock(s.elapsed)}")
 
     @staticmethod
@@ -178,13 +247,13 @@ class MonitorScreen(Screen):
         if not state.samples:
             return Text("none yet (set train.sample_every and train.sample_prompts)",
                         style="dim")
-        out = Text()
-        for sample in reversed(state.samples[-2:]):      # the newest first
-            answer = " ".join(sample.text.split())[:200]
-            out.append(f"step {sample.step} ", style="dim")
-            out.append(f"{sample.prompt[:60]} → ", style="bold")
-            out.append(answer + "\n")
-        return out
+        lines = []
+        for sample in reversed(state.samples):      # the newest first
+            line = Text(f"step {sample.step} ", style="dim")
+            line.append(f"{sample.prompt[:60]} → ", style="bold")
+            line.append(" ".join(sample.text.split())[:400])
+            lines.append(line)
+        return Text("\n").join(lines)
 
     # ----- keys -------------------------------------------------------------------------------
     def check_action(self, action: str, parameters) -> bool | None:
@@ -239,3 +308,8 @@ class MonitorScreen(Screen):
 
     def action_evaluate(self) -> None:
         self.app.open_evaluate(self.run_dir)
+
+    def action_smooth(self) -> None:
+        chart = self.query_one("#chart", LossChart)
+        chart.set_smooth(not chart.smooth)
+        self._title_chart()

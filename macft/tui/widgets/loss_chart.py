@@ -1,8 +1,9 @@
-"""A loss chart drawn with block characters: training loss as bars, validation loss as dots;
+"""A loss chart drawn with block characters: training loss as bars, validation loss as a line;
 or several runs overlaid, one colour each, with a legend.
 
 No plotting library: ``chart_lines`` maps steps to columns (the mean loss of the steps a column
-covers) and losses to eighths of a row, which is enough to watch a loss curve fall.
+covers) and losses to eighths of a row, which is enough to watch a loss curve fall. Smoothed,
+the bars turn faint and the training loss's moving average is drawn over them as a line.
 """
 
 from __future__ import annotations
@@ -14,9 +15,21 @@ from textual.widget import Widget
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
 TRAIN = "#5fafd7"
+FAINT = "#2f4f5f"       # the raw training loss under its moving average
 VAL = "#ffaf00"
 AXIS = "#808080"
 LABEL_WIDTH = 8
+EMA_WEIGHT = 0.9        # each step keeps this much of the average before it (TensorBoard's 0.9)
+
+
+def ema(points: list[tuple[int, float]], weight: float = EMA_WEIGHT) -> list[tuple[int, float]]:
+    """The exponential moving average of ``points``, debiased (its first values are not pulled
+    towards 0): ``s = weight * s + (1 - weight) * x`` divided by ``1 - weight ** n``."""
+    out, s = [], 0.0
+    for n, (step, value) in enumerate(points, 1):
+        s = weight * s + (1 - weight) * value
+        out.append((step, s / (1 - weight ** n)))
+    return out
 
 
 def _fmt(v: float) -> str:
@@ -77,8 +90,21 @@ def _framed(cells: list[list[tuple[str, str]]], lo: float, hi: float, x_max: int
     return lines
 
 
+def _val_line(val: list[tuple[int, float]], x_max: int,
+              width: int) -> dict[int, tuple[float, bool]]:
+    """Column -> (validation loss, measured there): the evaluations, and between two of them
+    the straight line joining them."""
+    points = sorted((_column_of(s, x_max, width), v) for s, v in val)
+    out = {}
+    for (c0, v0), (c1, v1) in zip(points, points[1:]):
+        for c in range(c0 + 1, c1):
+            out[c] = (v0 + (v1 - v0) * (c - c0) / (c1 - c0), False)
+    out.update((c, (v, True)) for c, v in points)
+    return out
+
+
 def chart_lines(train: list[tuple[int, float]], val: list[tuple[int, float]], width: int,
-                height: int, total_steps: int = 0) -> list[Text]:
+                height: int, total_steps: int = 0, smooth: bool = False) -> list[Text]:
     """``height`` lines of ``width`` cells: ``height - 1`` plot rows and an x-axis label row."""
     rows = max(height - 1, 1)
     plot_w = max(width - LABEL_WIDTH - 1, 1)
@@ -87,22 +113,30 @@ def chart_lines(train: list[tuple[int, float]], val: list[tuple[int, float]], wi
     last = max([s for s, _ in train] + [s for s, _ in val])
     x_max = max(total_steps, last, 1)
     columns = _columns(train, x_max, plot_w)
+    average = _columns(ema(train), x_max, plot_w) if smooth else {}
     values = list(columns.values()) + [v for _, v in val]  # what is drawn sets the scale
     lo, hi, base, scale = _scale(values, rows)
     cells = [[(" ", "")] * plot_w for _ in range(rows)]
+    bar = FAINT if smooth else TRAIN
+
+    def row_of(value: float) -> int:
+        return rows - 1 - min(rows - 1, max(0, int((value - base) * scale) // 8))
+
+    def put(r: int, col: int, char: str, colour: str) -> None:
+        under = cells[r][col][0]
+        cells[r][col] = (char, f"bold {colour} on {bar}" if under == "█" else f"bold {colour}")
+
     for col, value in columns.items():
         eighths = min(rows * 8, max(1, round((value - base) * scale)))
         full, part = divmod(eighths, 8)
         for r in range(full):
-            cells[rows - 1 - r][col] = ("█", TRAIN)
+            cells[rows - 1 - r][col] = ("█", bar)
         if part and full < rows:
-            cells[rows - 1 - full][col] = (BLOCKS[part], TRAIN)
-    for step, value in val:
-        col = _column_of(step, x_max, plot_w)
-        r = min(rows - 1, int((value - base) * scale) // 8)
-        under = cells[rows - 1 - r][col][0]
-        cells[rows - 1 - r][col] = ("●", f"bold {VAL} on {TRAIN}" if under == "█" else
-                                    f"bold {VAL}")
+            cells[rows - 1 - full][col] = (BLOCKS[part], bar)
+    for col, value in average.items():
+        put(row_of(value), col, "━", TRAIN)
+    for col, (value, measured) in _val_line(val, x_max, plot_w).items():
+        put(row_of(value), col, "●" if measured else "·", VAL)
     return _framed(cells, lo, hi, x_max, plot_w)
 
 
@@ -167,8 +201,9 @@ def overlay_lines(series: list[Series], width: int, height: int) -> list[Text]:
 
 
 class LossChart(Widget):
-    """Training loss bars and validation dots of one run (``update_points``), or several
-    runs' curves overlaid with a legend (``update_series``)."""
+    """Training loss bars and the validation line of one run (``update_points``; ``smooth``
+    draws the training loss's moving average over faint bars), or several runs' curves
+    overlaid with a legend (``update_series``)."""
 
     DEFAULT_CSS = """
     LossChart { height: 12; }
@@ -179,10 +214,15 @@ class LossChart(Widget):
         self.train: list[tuple[int, float]] = []
         self.val: list[tuple[int, float]] = []
         self.total_steps = 0
+        self.smooth = False
         self.series: list[Series] = []
 
     def update_points(self, train, val, total_steps: int) -> None:
         self.train, self.val, self.total_steps = list(train), list(val), total_steps
+        self.refresh()
+
+    def set_smooth(self, smooth: bool) -> None:
+        self.smooth = smooth
         self.refresh()
 
     def update_series(self, series: list[Series]) -> None:
@@ -194,5 +234,5 @@ class LossChart(Widget):
             lines = overlay_lines(self.series, self.size.width, self.size.height)
         else:
             lines = chart_lines(self.train, self.val, self.size.width, self.size.height,
-                                self.total_steps)
+                                self.total_steps, self.smooth)
         return Text("\n").join(lines)
