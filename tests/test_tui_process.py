@@ -245,3 +245,27 @@ def test_quitting_after_a_compiled_training_run_exits_cleanly(home):
     assert said["status"] == "finished step 3"
     steps_done = steps(home / "runs" / "short")
     assert steps_done == [1, 2, 3]
+
+
+async def _training_monitor_at(home: Path, size) -> str:
+    from test_tui_defects import screen_text
+
+    app = MacftApp(root=home)
+    async with app.run_test(size=size) as pilot:
+        recipe = recipe_mod.load(home / "recipes" / "long.yaml")
+        state = app.start_training(recipe)
+        app.open_run(recipe.run_dir)
+        await wait_for(pilot, lambda: state.step >= 2, 120, "two steps")
+        await pilot.pause(0.3)
+        shown = screen_text(app)
+        await press_now(pilot, "s")
+        await wait_for(pilot, lambda: app.live is None, 120, "the run to stop")
+    return shown
+
+
+def test_a_training_monitor_at_80x24_keeps_eta_stop_back_and_quit(home):
+    """Defect 8: at 80 columns a training run's footer lost Back and Quit (and ETA)."""
+    shown = run(_training_monitor_at(home, (80, 24)))
+    assert "● running" in shown and "ETA " in shown, shown
+    for key in ("s Stop", "esc Back", "q Quit"):
+        assert key in shown, (key, shown)

@@ -81,6 +81,10 @@ def memory_gauge(current: float, peak: float, total: float, width: int = GAUGE_W
     return out
 
 
+# Below this many columns a training run's footer drops Compare and Export until the run ends.
+NARROW = 100
+
+
 class MonitorScreen(Screen):
     HELP = ("Follows one training run: the loss (bars) and validation loss (the line), what the "
             "trainer does now and when it should be done, memory against this machine's, the "
@@ -256,6 +260,9 @@ class MonitorScreen(Screen):
         return Text("\n").join(lines)
 
     # ----- keys -------------------------------------------------------------------------------
+    def on_resize(self) -> None:
+        self.refresh_bindings()
+
     def check_action(self, action: str, parameters) -> bool | None:
         state, live = self.state, self.app.live
         mine = live is not None and live.key == self.key
@@ -265,7 +272,11 @@ class MonitorScreen(Screen):
             return True if mine and state is not None and state.status in (
                 "running", "paused") else False
         if action == "resume":
+            if mine:                                 # hidden while it trains (80 columns)
+                return False
             return True if state is not None and state.resumable else None
+        if action in ("compare", "export") and mine and self.app.size.width < NARROW:
+            return False                             # a narrow footer keeps Back and Quit
         if action == "evaluate":
             return True if state is not None and state.status == "finished" else False
         return True
