@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 import macft  # noqa: F401  (BLAS before mlx)
-from test_tui_support import SIZE, make_workdir, press_now, run, text_of, type_into, \
-    wait_for, write_chat_rows
+from test_tui_support import SIZE, make_workdir, press_now, run, text_of, \
+    train_tiny_run, type_into, wait_for, write_chat_rows
 from textual.widgets import DataTable, Input, Select
 
 from macft import events as ev
@@ -343,16 +343,8 @@ def test_data_inspector_shows_masks_truncation_and_rejections(home):
 
 @pytest.fixture(scope="module")
 def finished_run(work, tmp_path_factory) -> Path:
-    from macft.train.loop import train
-
-    out = tmp_path_factory.mktemp("finished") / "runs" / "tiny"
-    recipe = recipe_mod.from_dict({
-        "name": "tiny", "model": str(work / "model"), "lora": {"rank": 4},
-        "data": {"train": str(work / "train.jsonl"), "max_length": 64},
-        "train": {"steps": 6, "batch_size": 4, "learning_rate": 1e-2, "save_every": 0},
-        "eval": {"max_tokens": 8}, "output": str(out)})
-    train(recipe, [])
-    return out
+    return train_tiny_run(work, tmp_path_factory.mktemp("finished") / "runs" / "tiny", 6,
+                          eval={"max_tokens": 8})
 
 
 async def _compare(run_dir: Path, root: Path) -> tuple[str, str]:

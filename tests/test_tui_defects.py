@@ -10,14 +10,13 @@ import pytest
 
 import macft  # noqa: F401  (BLAS before mlx)
 from test_tui_snapshots import fake_run
-from test_tui_support import SIZE, make_workdir, press_now, run, text_of, type_into, wait_for
+from test_tui_support import SIZE, linked_home, make_workdir, press_now, run, text_of, \
+    type_into, wait_for
 from textual.widgets import DataTable, ProgressBar
 
 from macft import recipe as recipe_mod, shipped
 from macft.tui.app import MacftApp
-from macft.tui.screens.confirm import ConfirmScreen
 from macft.tui.screens.data import DataScreen
-from macft.tui.screens.export import ExportScreen
 from macft.tui.screens.home import HomeScreen
 from macft.tui.screens.monitor import MonitorScreen
 from macft.tui.screens.recipe import RecipeScreen
@@ -37,10 +36,8 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def home(tmp_path, monkeypatch, work) -> Path:
-    for name in ("model", "train.jsonl", "valid.jsonl"):
-        (tmp_path / name).symlink_to(work / name)
     monkeypatch.chdir(tmp_path)
-    return tmp_path
+    return linked_home(tmp_path, work)
 
 
 async def focus_row(pilot, table: DataTable, label: str) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import macft  # noqa: F401  (BLAS before mlx)
-from test_tui_support import SIZE, make_workdir, run, text_of, type_into, wait_for, \
-    write_chat_rows
+from test_tui_support import SIZE, linked_home, make_workdir, run, text_of, type_into, \
+    wait_for, write_chat_rows
 from textual.widgets import Collapsible, DataTable, Input
 
 from macft import first_run, recipe as recipe_mod
@@ -35,10 +35,8 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def home(tmp_path, monkeypatch, work) -> Path:
-    for name in ("model", "train.jsonl", "valid.jsonl"):
-        (tmp_path / name).symlink_to(work / name)
     monkeypatch.chdir(tmp_path)
-    return tmp_path
+    return linked_home(tmp_path, work)
 
 
 def own_recipe(root: Path, **train) -> Path:

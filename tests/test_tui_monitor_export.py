@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 import macft  # noqa: F401  (BLAS before mlx)
-from test_tui_support import SIZE, make_workdir, run, text_of, type_into, wait_for
+from test_tui_support import SIZE, linked_home, make_workdir, run, text_of, \
+    train_tiny_run, type_into, wait_for
 from textual.widgets import Button, Select
 
 from macft import events as ev, recipe as recipe_mod
@@ -31,10 +32,8 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def home(tmp_path, monkeypatch, work) -> Path:
-    for name in ("model", "train.jsonl", "valid.jsonl"):
-        (tmp_path / name).symlink_to(work / name)
     monkeypatch.chdir(tmp_path)
-    return tmp_path
+    return linked_home(tmp_path, work)
 
 
 # ----- a trainer that sends the events a test gives it ------------------------------------------
@@ -259,16 +258,7 @@ def test_help_on_home_and_export_lists_their_own_keys(home):
 
 @pytest.fixture(scope="module")
 def finished_run(work, tmp_path_factory) -> Path:
-    from macft.train.loop import train
-
-    out = tmp_path_factory.mktemp("finished") / "runs" / "tiny"
-    recipe = recipe_mod.from_dict({
-        "name": "tiny", "model": str(work / "model"), "lora": {"rank": 4},
-        "data": {"train": str(work / "train.jsonl"), "max_length": 64},
-        "train": {"steps": 4, "batch_size": 4, "learning_rate": 1e-2, "save_every": 0},
-        "output": str(out)})
-    train(recipe, [])
-    return out
+    return train_tiny_run(work, tmp_path_factory.mktemp("finished") / "runs" / "tiny", 4)
 
 
 async def _export(run_dir: Path, root: Path, target: str, out: str, answer: str | None = None,

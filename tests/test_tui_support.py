@@ -36,6 +36,27 @@ def make_workdir(root: Path) -> Path:
     return root
 
 
+def linked_home(tmp_path: Path, work: Path) -> Path:
+    """A fresh folder whose model and data are links to a module's shared ``make_workdir``."""
+    for name in ("model", "train.jsonl", "valid.jsonl"):
+        (tmp_path / name).symlink_to(work / name)
+    return tmp_path
+
+
+def train_tiny_run(work: Path, out: Path, steps: int, **extra) -> Path:
+    """A finished LoRA run of the tiny model on ``work``'s data, in ``out``."""
+    from macft import recipe as recipe_mod
+    from macft.train.loop import train
+
+    recipe = recipe_mod.from_dict({
+        "name": "tiny", "model": str(work / "model"), "lora": {"rank": 4},
+        "data": {"train": str(work / "train.jsonl"), "max_length": 64},
+        "train": {"steps": steps, "batch_size": 4, "learning_rate": 1e-2, "save_every": 0},
+        "output": str(out), **extra})
+    train(recipe, [])
+    return out
+
+
 async def wait_for(pilot, check, timeout: float = 30.0, what: str = "condition", about=None):
     """Let the app run until ``check()`` is truthy (the training thread posts meanwhile);
     ``about()`` adds what the app looked like to a timeout's message."""
