@@ -61,6 +61,14 @@ class MacftApp(App):
     def show_path(self, path: str | Path) -> str:
         return display_path(path, self.root)
 
+    def name_problem(self, run_dir: Path, name: str) -> str:
+        """Why ``name`` cannot be a new run folder beside ``run_dir`` ("" when it can)."""
+        try:
+            target = runs.sibling(run_dir, name)
+        except MacftError as exc:
+            return str(exc)
+        return f"{self.show_path(target)} already exists" if target.exists() else ""
+
     def is_shipped(self, path: Path) -> bool:
         """A recipe of the macft checkout itself (and not of the folder the app works in)."""
         p = Path(path).resolve()
@@ -217,11 +225,7 @@ class MacftApp(App):
                     f"{what} in the folder below (Tab edits its name):")
 
         def check(name: str) -> str:
-            try:
-                target = runs.sibling(run_dir, name)
-            except MacftError as exc:
-                return str(exc)
-            return f"{self.show_path(target)} already exists" if target.exists() else ""
+            return self.name_problem(run_dir, name)
 
         def answer(choice) -> None:
             if choice == "resume":

@@ -310,11 +310,7 @@ class HomeScreen(Screen):
         from macft.tui.screens.confirm import NameScreen
 
         def check(name: str) -> str:
-            try:
-                target = runs_mod.sibling(path, name)
-            except MacftError as exc:
-                return str(exc)
-            return f"{self.app.show_path(target)} already exists" if target.exists() else ""
+            return self.app.name_problem(path, name)
 
         self.app.push_screen(NameScreen(question, default, [
             ("enter", label, "go"), ("escape", "Cancel", None)], check, named=("go",)),
