@@ -264,3 +264,37 @@ def test_compile_off_as_an_override_is_the_choice_off(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("name: r\ntrain:\n  compile: auto\n")
     assert recipe_mod.load(path, ["train.compile=off"]).train.compile == "off"
+
+
+def _luminance(colour) -> float:
+    """WCAG relative luminance of a Textual Color."""
+    def channel(c: int) -> float:
+        c = c / 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+    return 0.2126 * channel(colour.r) + 0.7152 * channel(colour.g) + 0.0722 * channel(colour.b)
+
+
+async def _panel_titles(root: Path) -> list[tuple[str, float]]:
+    app = MacftApp(root=root)
+    async with app.run_test(size=SIZE) as pilot:
+        app.open_run(root / "runs" / "demo")
+        await wait_for(pilot, lambda: "Commands" in screen_text(app), 20, "the monitor")
+        await pilot.pause()
+        out = []
+        for widget in app.screen.query("*"):
+            if widget.border_title and widget.display:
+                fg = widget.styles.border_title_color
+                bg = widget.background_colors[1]      # what the title is drawn on
+                fg = bg + fg                          # an alpha colour blends over it
+                hi, lo = sorted((_luminance(fg), _luminance(bg)), reverse=True)
+                out.append((str(widget.border_title), (hi + 0.05) / (lo + 0.05)))
+        return out
+
+
+def test_the_monitors_panel_titles_are_readable(home):
+    """Defect 8: panel titles were drawn in the border's dim colour on near-black."""
+    _two_samples(home)
+    titles = run(_panel_titles(home))
+    assert {t.split()[0] for t, _ in titles} >= {"loss", "events", "samples"}, titles
+    for title, contrast in titles:
+        assert contrast >= 4.5, (title, contrast)     # WCAG AA for text
