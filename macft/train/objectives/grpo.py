@@ -132,28 +132,31 @@ def sample_completions(model, tokenizer, prompts: list[list[int]], max_new: int,
     from mlx_lm.generate import BatchGenerator
     from mlx_lm.sample_utils import make_sampler
 
+    from macft.generation import decoding
+
     eos = sorted(getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id])
     was_training = model.training
     model.eval()
     gen = None
     try:
-        inserts, caches, histories = shared_prompt_caches(model, prompts)
-        mx.random.seed(seed)
-        gen = BatchGenerator(model, max_tokens=max_new,
-                             stop_tokens=[[t] for t in eos] if stop else None,
-                             sampler=make_sampler(temp=temperature,
-                                                  top_p=top_p if top_p < 1 else 0.0),
-                             completion_batch_size=len(prompts),
-                             prefill_batch_size=len(prompts))
-        uids = gen.insert(inserts, [max_new] * len(prompts), caches=caches,
-                          all_tokens=histories)
-        out = {uid: ([], False) for uid in uids}
-        while responses := gen.next_generated():
-            for r in responses:
-                tokens, _ = out[r.uid]
-                tokens.append(r.token)
-                if r.finish_reason is not None:
-                    out[r.uid] = (tokens, r.finish_reason == "stop")
+        with decoding():
+            inserts, caches, histories = shared_prompt_caches(model, prompts)
+            mx.random.seed(seed)
+            gen = BatchGenerator(model, max_tokens=max_new,
+                                 stop_tokens=[[t] for t in eos] if stop else None,
+                                 sampler=make_sampler(temp=temperature,
+                                                      top_p=top_p if top_p < 1 else 0.0),
+                                 completion_batch_size=len(prompts),
+                                 prefill_batch_size=len(prompts))
+            uids = gen.insert(inserts, [max_new] * len(prompts), caches=caches,
+                              all_tokens=histories)
+            out = {uid: ([], False) for uid in uids}
+            while responses := gen.next_generated():
+                for r in responses:
+                    tokens, _ = out[r.uid]
+                    tokens.append(r.token)
+                    if r.finish_reason is not None:
+                        out[r.uid] = (tokens, r.finish_reason == "stop")
     finally:
         if gen is not None:
             gen.close()
