@@ -19,6 +19,7 @@ This module must not import ``mlx``.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import hashlib
@@ -456,3 +457,29 @@ def preload() -> BlasInfo:
 
 def info() -> BlasInfo:
     return _INFO if _INFO is not None else preload()
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """Within this block the loaded OpenBLAS runs on at most ``n`` threads (0: unchanged).
+
+    OpenBLAS's worker threads busy-wait for their share of a product, so ``mx.synchronize``
+    is called on both sides of the switch: no product is running while the count changes.
+    Without a loaded OpenBLAS (macOS, MLX's own BLAS) this does nothing.
+    """
+    handle = _HANDLES[-1] if _HANDLES else None
+    setter = getattr(handle, "openblas_set_num_threads", None)
+    getter = getattr(handle, "openblas_get_num_threads", None)
+    before = int(getter()) if getter is not None else 0
+    if setter is None or n <= 0 or n >= before:
+        yield
+        return
+    import mlx.core as mx
+
+    mx.synchronize()
+    setter(n)
+    try:
+        yield
+    finally:
+        mx.synchronize()
+        setter(before)

@@ -25,6 +25,8 @@ SWITCHES = {s.name: s for s in (
            "emulated CPU)"),
     Switch("MACFT_CACHE", "", "the user cache folder (default $XDG_CACHE_HOME/macft)"),
     Switch("MACFT_FAST_EXP", "1", "0: the compiled fast exp is never used (MLX's exp instead)"),
+    Switch("MACFT_DECODE_THREADS", "1", "OpenBLAS threads while generating (rollouts, eval, "
+           "samples); 0: as many as for training"),
     Switch("MACFT_DEQUANT_CACHE_MB", "4096", "float copies of frozen quantized weights kept on "
            "the CPU, in MB"),
     Switch("MACFT_DIST_TIMEOUT", "900", "seconds without a finished step before a rank of a "

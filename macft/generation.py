@@ -6,11 +6,29 @@ here), so prompts are generated together with mlx-lm's batched generator.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 # The longest answer of `macft generate` and `macft chat` (eval and training samples take
 # theirs from the recipe: eval.max_tokens, train.sample_max_tokens).
 MAX_TOKENS = 256
+
+
+@contextlib.contextmanager
+def decoding():
+    """The BLAS setting of every generation (rollouts, eval, samples): OpenBLAS on
+    ``MACFT_DECODE_THREADS`` threads (default 1).
+
+    A decode step multiplies one new token per sequence by each weight, products of a few rows
+    where a second thread gains little, while OpenBLAS's workers busy-wait for their share: on
+    a CPU shared with other processes a descheduled worker holds up every product. Measured on
+    the 2-core machine with other jobs running: a decode step of SmolLM2 for 8 sequences took
+    0.85-1.1 s on one thread and 3.9-5.3 s on two.
+    """
+    from macft import blas, env
+
+    with blas.threads(int(env.get("MACFT_DECODE_THREADS"))):
+        yield
 
 
 def greedy(model, tokenizer, prompts: list[list[int]], max_tokens: int, batch_size: int = 32,
@@ -21,14 +39,15 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_tokens: int, batch_si
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start:start + batch_size]
-            result = batch_generate(model, tokenizer, chunk, max_tokens=max_tokens,
-                                    completion_batch_size=len(chunk),
-                                    prefill_batch_size=len(chunk))
-            texts += result.texts
-            if progress:
-                progress(len(texts), len(prompts))
+        with decoding():
+            for start in range(0, len(prompts), batch_size):
+                chunk = prompts[start:start + batch_size]
+                result = batch_generate(model, tokenizer, chunk, max_tokens=max_tokens,
+                                        completion_batch_size=len(chunk),
+                                        prefill_batch_size=len(chunk))
+                texts += result.texts
+                if progress:
+                    progress(len(texts), len(prompts))
     finally:
         model.train(was_training)
     return texts

@@ -183,3 +183,24 @@ def test_on_an_emulated_cpu_without_avx512_the_skylakex_build_is_refused(tmp_pat
         in status
     want = sum((3 * 64 + k) * (5 * 64 + k) for k in range(64)) / 4096 ** 2
     assert float(value) == pytest.approx(want, abs=1e-4)
+
+
+def test_generation_runs_openblas_on_the_decode_threads_and_restores_them(monkeypatch):
+    import ctypes
+
+    import macft  # noqa: F401  (loads the BLAS)
+    from macft import generation
+
+    info = blas.info()
+    if info.library is None or (info.threads or 0) < 2:
+        pytest.skip("needs a loaded OpenBLAS with at least two threads")
+    handle = ctypes.CDLL(info.library)
+    before = handle.openblas_get_num_threads()
+    with generation.decoding():
+        assert handle.openblas_get_num_threads() == 1          # the default: one thread
+    assert handle.openblas_get_num_threads() == before
+    monkeypatch.setenv("MACFT_DECODE_THREADS", "0")            # 0: training's count
+    with generation.decoding():
+        assert handle.openblas_get_num_threads() == before
+    with blas.threads(before + 4):                             # never more than it had
+        assert handle.openblas_get_num_threads() == before

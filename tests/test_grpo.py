@@ -260,6 +260,70 @@ def test_rollout_is_seeded_and_masked_after_eos(grpo_dir):
         assert mask[i, len(p) - 1 + len(c):].sum() == 0        # zero after eos / padding
 
 
+def test_a_group_prefills_its_prompt_once_with_the_same_greedy_answers(grpo_dir):
+    from macft.models.load import load_base
+    from macft.train.objectives import grpo
+
+    loaded = load_base(str(grpo_dir / "model"), None, "float32", None)
+    model, tok = loaded.model, loaded.tokenizer
+    long = list(tok.apply_chat_template([{"role": "user", "content": "hello world"}],
+                                        add_generation_prompt=True))
+    short = long[:-3]
+    prompts = [long] * 3 + [short] * 3
+    inserts, caches, histories = grpo.shared_prompt_caches(model, prompts)
+    assert inserts == [long[-1:]] * 3 + [short[-1:]] * 3
+    assert histories == [long[:-1]] * 3 + [short[:-1]] * 3
+    assert [c[0].offset for c in caches] == [len(long) - 1] * 3 + [len(short) - 1] * 3
+    assert caches[0][0].keys is caches[1][0].keys        # one prefill per distinct prompt
+    assert caches[0][0].keys is not caches[3][0].keys
+    assert grpo.shared_prompt_caches(model, [long, short]) == ([long, short], None, None)
+    # temperature 0 is greedy: the shared prefill leads to the same tokens as one per copy
+    shared = grpo.sample_completions(model, tok, prompts, 12, 0.0, 1.0, seed=3)
+    original = grpo.shared_prompt_caches
+    try:
+        grpo.shared_prompt_caches = lambda m, p: (p, None, None)
+        whole = grpo.sample_completions(model, tok, prompts, 12, 0.0, 1.0, seed=3)
+    finally:
+        grpo.shared_prompt_caches = original
+    assert shared == whole
+    assert shared[0] == shared[2] and shared[3] == shared[5]
+
+
+def test_one_update_per_rollout_takes_the_old_logps_from_its_own_pass(grpo_dir):
+    """No separate pass for the old log-probs: the update's own, detached, give the same loss
+    and gradients as the values of an eval-mode pass (dropout 0), with the ratio exactly 1."""
+    from mlx.utils import tree_flatten
+
+    from macft import recipe as recipe_mod
+    from macft.train.loop import Trainer
+
+    r = recipe_mod.from_dict(grpo_raw(grpo_dir, "run-old-logp", loss="grpo"))
+    trainer = Trainer(r, [])
+    trainer.setup()
+    try:
+        obj = trainer.objective
+        ro = obj.rollout_for(trainer.micro_batches(0)[0])
+        assert ro.old_logp is None
+        arrays = mx.load(str(obj._rollout_path(0)))
+        assert "old_logp" not in arrays and "advantages" in arrays
+        trainer.model.eval()
+        old = obj._logps_by_chunk(ro.inputs, ro.targets, ro.mask, 64)
+        trainer.model.train()
+        args = (ro.inputs, ro.targets, ro.mask)
+        n, tokens = len(ro.advantages), float(ro.mask.sum())
+        (l1, m1), g1 = obj.loss_and_grad(trainer.model, *args, None, None, ro.advantages, n,
+                                         tokens)
+        (l2, m2), g2 = obj.loss_and_grad(trainer.model, *args, old, None, ro.advantages, n,
+                                         tokens)
+        assert l1.item() == pytest.approx(l2.item(), abs=1e-5)
+        assert m1["clipped"].item() == 0
+        for (k, a), (_, b) in zip(tree_flatten(g1), tree_flatten(g2)):
+            assert mx.allclose(a, b, atol=1e-5).item(), k
+        assert any(mx.abs(a).max().item() > 0 for _, a in tree_flatten(g1))
+    finally:
+        trainer.close()
+
+
 def _events(run_dir: Path, kind: str) -> list[dict]:
     from macft.events import read_metrics
 

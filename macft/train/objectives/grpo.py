@@ -126,32 +126,75 @@ def sample_completions(model, tokenizer, prompts: list[list[int]], max_new: int,
     A completion that ended at an end-of-turn/eos token keeps that token (the update trains the
     model to stop); ``ended`` is False for one cut at ``max_new`` tokens. The draws depend only
     on ``seed``, the model and the prompts. ``stop=False`` never stops before ``max_new``
-    (``plan``'s worst case).
+    (``plan``'s worst case). A prompt that appears several times (a GRPO group) is prefilled
+    once (``shared_prompt_caches``).
     """
     from mlx_lm.generate import BatchGenerator
     from mlx_lm.sample_utils import make_sampler
 
+    from macft.generation import decoding
+
     eos = sorted(getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id])
-    mx.random.seed(seed)
-    gen = BatchGenerator(model, max_tokens=max_new,
-                         stop_tokens=[[t] for t in eos] if stop else None,
-                         sampler=make_sampler(temp=temperature, top_p=top_p if top_p < 1 else 0.0),
-                         completion_batch_size=len(prompts), prefill_batch_size=len(prompts))
     was_training = model.training
     model.eval()
+    gen = None
     try:
-        uids = gen.insert(prompts, [max_new] * len(prompts))
-        out = {uid: ([], False) for uid in uids}
-        while responses := gen.next_generated():
-            for r in responses:
-                tokens, _ = out[r.uid]
-                tokens.append(r.token)
-                if r.finish_reason is not None:
-                    out[r.uid] = (tokens, r.finish_reason == "stop")
+        with decoding():
+            inserts, caches, histories = shared_prompt_caches(model, prompts)
+            mx.random.seed(seed)
+            gen = BatchGenerator(model, max_tokens=max_new,
+                                 stop_tokens=[[t] for t in eos] if stop else None,
+                                 sampler=make_sampler(temp=temperature,
+                                                      top_p=top_p if top_p < 1 else 0.0),
+                                 completion_batch_size=len(prompts),
+                                 prefill_batch_size=len(prompts))
+            uids = gen.insert(inserts, [max_new] * len(prompts), caches=caches,
+                              all_tokens=histories)
+            out = {uid: ([], False) for uid in uids}
+            while responses := gen.next_generated():
+                for r in responses:
+                    tokens, _ = out[r.uid]
+                    tokens.append(r.token)
+                    if r.finish_reason is not None:
+                        out[r.uid] = (tokens, r.finish_reason == "stop")
     finally:
-        gen.close()
+        if gen is not None:
+            gen.close()
         model.train(was_training)
     return [out[uid] for uid in uids]
+
+
+def shared_prompt_caches(model, prompts: list[list[int]]):
+    """(prompts to insert, caches, token histories) for ``BatchGenerator.insert``.
+
+    A GRPO rollout samples G completions of each prompt. Prefilling each copy separately
+    repeats the same work G times (measured: about a third of a quickstart rollout), so each
+    distinct prompt but its last token goes through the model once and its copies start from
+    that KV cache (``BatchGenerator`` merges the copies into its own batch cache, so the shared
+    arrays are only read). Without repeats, or where the model's cache cannot be merged that
+    way, the prompts go in whole: (prompts, None, None).
+    """
+    from mlx_lm.models.cache import make_prompt_cache
+
+    keys = [tuple(p) for p in prompts]
+    if len(set(keys)) == len(keys) or min(len(p) for p in prompts) < 2:
+        return prompts, None, None
+    probe = make_prompt_cache(model)
+    if not all(type(c).__name__ == "KVCache" for c in probe):
+        return prompts, None, None       # rotating windows, SSM states: no shared prefill
+    states: dict[tuple, list] = {}          # per distinct prompt: each layer's (keys, values)
+    for key in dict.fromkeys(keys):
+        cache = make_prompt_cache(model)
+        model(mx.array([key[:-1]]), cache=cache)
+        states[key] = [c.state for c in cache]
+        mx.eval(states[key])
+    caches = []
+    for key in keys:
+        fork = make_prompt_cache(model)
+        for target, state in zip(fork, states[key]):
+            target.state = state
+        caches.append(fork)
+    return [list(k[-1:]) for k in keys], caches, [list(k[:-1]) for k in keys]
 
 
 @dataclass
@@ -165,7 +208,8 @@ class Rollout:
     rewards: np.ndarray         # (N, R) each reward's score
     advantages: np.ndarray      # (N,) float32
     keep: np.ndarray            # (N,) bool: rows the update uses (DAPO drops zero-spread groups)
-    old_logp: np.ndarray        # (N, T) float32 under the policy that sampled
+    old_logp: np.ndarray | None  # (N, T) float32 under the policy that sampled; None with
+                                 # one update per rollout (the update's own, detached)
     ref_logp: np.ndarray | None  # (N, T) float32 under the base (adapters off); None if beta 0
     texts: list[str]
     reward_names: list[str]
@@ -179,8 +223,10 @@ class Rollout:
 
     def arrays(self) -> dict:
         out = {k: getattr(self, k) for k in ("inputs", "targets", "mask", "rewards",
-                                             "advantages", "old_logp")}
+                                             "advantages")}
         out["keep"] = self.keep.astype(np.int32)
+        if self.old_logp is not None:
+            out["old_logp"] = self.old_logp
         if self.ref_logp is not None:
             out["ref_logp"] = self.ref_logp
         return out
@@ -338,14 +384,23 @@ class Grpo(Objective):
         return self.tokenizer.decode([t for t in tokens if t not in eos])
 
     def _logps(self, inputs, targets, mask):
-        """Old (the sampling policy) and reference (adapters off) log-probs, in eval mode."""
+        """Old (the sampling policy) and reference (adapters off) log-probs, in eval mode.
+
+        With one update per rollout the old log-probs are not computed here: the update's
+        weights are the sampling policy's, so its own log-probs (detached) are the old ones
+        and the ratio is exactly 1 (TRL does the same with one iteration). That saves a
+        forward pass over every completion. Later updates on the same rollout need the
+        sampling policy's values, so with ``updates_per_rollout > 1`` they are computed.
+        """
         from macft.models import adapters
 
         size = self.recipe.train.batch_size
         was_training = self.model.training
         self.model.eval()
         try:
-            old = self._logps_by_chunk(inputs, targets, mask, size)
+            old = None
+            if self.spec.updates_per_rollout > 1:
+                old = self._logps_by_chunk(inputs, targets, mask, size)
             ref = None
             if self.cfg.beta > 0:
                 with adapters.disabled(self.model):
@@ -382,7 +437,8 @@ class Grpo(Objective):
                 from None
         a = {k: np.array(v) for k, v in arrays.items()}
         return Rollout(number, a["inputs"], a["targets"], a["mask"], a["rewards"],
-                       a["advantages"], a["keep"].astype(bool), a["old_logp"], a.get("ref_logp"),
+                       a["advantages"], a["keep"].astype(bool), a.get("old_logp"),
+                       a.get("ref_logp"),
                        json.loads(meta["texts"]), json.loads(meta["names"]),
                        json.loads(meta["weights"]), float(meta["seconds"]),
                        json.loads(meta["info"]))
@@ -390,7 +446,8 @@ class Grpo(Objective):
     # ----- the update -------------------------------------------------------------------------
     def _loss(self, model, inputs, targets, mask, old, ref, adv, rows, tokens):
         logp = completion_logps(model, inputs, targets, mask)
-        return policy_loss(logp, mx.array(old), None if ref is None else mx.array(ref),
+        old = mx.stop_gradient(logp) if old is None else mx.array(old)
+        return policy_loss(logp, old, None if ref is None else mx.array(ref),
                            mx.array(adv), mx.array(mask), self.cfg, rows, tokens)
 
     def step(self, batches) -> StepResult:
@@ -403,8 +460,9 @@ class Grpo(Objective):
         for part in _chunks(len(rows), self.recipe.train.batch_size):
             idx = rows[part]
             ref = None if ro.ref_logp is None else ro.ref_logp[idx]
+            old = None if ro.old_logp is None else ro.old_logp[idx]
             (loss, m), g = self.loss_and_grad(self.model, ro.inputs[idx], ro.targets[idx],
-                                              ro.mask[idx], ro.old_logp[idx], ref,
+                                              ro.mask[idx], old, ref,
                                               ro.advantages[idx], len(rows), tokens)
             grads = g if grads is None else tree_map(mx.add, grads, g)
             mx.eval(loss, grads, m)
