@@ -105,13 +105,19 @@ def test_a_shell_run_refuses_a_second_trainer_and_the_tui_steers_it(home):
     assert (run_dir / "checkpoints" / "latest").read_text() == f"step-{done[0]['step']:07d}"
 
 
+async def train_long(app, pilot, home: Path, steps: int):
+    """Start recipes/long.yaml from the app, open its monitor, wait for ``steps`` steps."""
+    recipe = recipe_mod.load(home / "recipes" / "long.yaml")
+    state = app.start_training(recipe)
+    app.open_run(recipe.run_dir)
+    await wait_for(pilot, lambda: state.step >= steps, 120, f"{steps} step(s)")
+    return state
+
+
 async def _start_then_keep(home: Path) -> int:
     app = MacftApp(root=home)
     async with app.run_test(size=SIZE) as pilot:
-        recipe = recipe_mod.load(home / "recipes" / "long.yaml")
-        state = app.start_training(recipe)
-        app.open_run(recipe.run_dir)
-        await wait_for(pilot, lambda: state.step >= 1, 120, "the first step")
+        await train_long(app, pilot, home, 1)
         pid = app.live.trainer.pid
         # The shell cannot train the same folder meanwhile: one line, non-zero exit.
         second = cli_run(home)
@@ -252,10 +258,7 @@ async def _training_monitor_at(home: Path, size) -> str:
 
     app = MacftApp(root=home)
     async with app.run_test(size=size) as pilot:
-        recipe = recipe_mod.load(home / "recipes" / "long.yaml")
-        state = app.start_training(recipe)
-        app.open_run(recipe.run_dir)
-        await wait_for(pilot, lambda: state.step >= 2, 120, "two steps")
+        await train_long(app, pilot, home, 2)
         await pilot.pause(0.3)
         shown = screen_text(app)
         await press_now(pilot, "s")
